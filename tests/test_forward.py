@@ -1,0 +1,182 @@
+"""Forward processes, schedules, volatilities, scores and drifts against independent maths."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nfdm_jax import drifts, forward, schedules, volatility
+from nfdm_jax.losses import prior_loss
+
+from core_nets import forward_net, init_mlp
+
+DIM = 3
+
+
+def _neural(key):
+    return forward.neural_forward(forward_net(init_mlp(key, [DIM + 2, 16, 2 * DIM])), 0.01)
+
+
+def _processes(key):
+    """Every forward process as (name, forward(x, t))."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    bridge = forward.bridge_forward(
+        lambda x0, x1, t: forward_net(init_mlp(k2, [DIM + 2, 16, 2 * DIM]))(x0 + x1, t))
+    x1 = jax.random.normal(k3, (4, DIM))
+    return [
+        ("neural", _neural(k1)),
+        ("vp_linear", forward.vp_forward(schedules.linear_gamma())),
+        ("vp_cosine", forward.vp_forward(schedules.cosine_gamma())),
+        ("vp_learned", forward.vp_forward(
+            schedules.monotone_gamma(schedules.init_monotone_gamma(k3, hidden=8)))),
+        ("straight", forward.straight_forward()),
+        ("bridge", lambda x, t: bridge(x, x1, t)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_jvp_time_derivatives_match_finite_differences(index):
+    with jax.enable_x64(True):
+        key = jax.random.PRNGKey(index)
+        name, fwd = _processes(key)[index]
+        x = jax.random.normal(jax.random.PRNGKey(10), (4, DIM), jnp.float64)
+        t = jnp.array([0.05, 0.3, 0.62, 0.93], jnp.float64)
+        m = forward.marginal_and_velocity(fwd, x, t)
+        h = 1e-6
+        (mu_p, ls_p), (mu_m, ls_m) = fwd(x, t + h), fwd(x, t - h)
+        np.testing.assert_allclose(m.dmu, (mu_p - mu_m) / (2 * h), rtol=1e-6, atol=1e-8,
+                                   err_msg=name)
+        np.testing.assert_allclose(m.dlog_sigma, (ls_p - ls_m) / (2 * h), rtol=1e-6,
+                                   atol=1e-8, err_msg=name)
+        mu, ls = fwd(x, t)
+        np.testing.assert_array_equal(m.mu, mu)
+        np.testing.assert_array_equal(m.log_sigma, ls)
+
+
+def test_ode_drift_is_velocity_of_the_path():
+    """f(z_t, t, x) equals d/dt F(ε, t, x) for fixed ε and x."""
+    with jax.enable_x64(True):
+        fwd = _neural(jax.random.PRNGKey(0))
+        x = jax.random.normal(jax.random.PRNGKey(1), (4, DIM), jnp.float64)
+        eps = jax.random.normal(jax.random.PRNGKey(2), (4, DIM), jnp.float64)
+        t = jnp.array([0.1, 0.4, 0.5, 0.8])
+
+        def path(tt):
+            mu, ls = fwd(x, tt)
+            return mu + jnp.exp(ls) * eps
+
+        m = forward.marginal_and_velocity(fwd, x, t)
+        h = 1e-6
+        np.testing.assert_allclose(drifts.ode_drift(m, path(t)),
+                                   (path(t + h) - path(t - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neural_forward_boundary_conditions(seed):
+    fwd = _neural(jax.random.PRNGKey(seed))
+    x = 3.0 * jax.random.normal(jax.random.PRNGKey(seed + 7), (5, DIM))
+    mu0, ls0 = fwd(x, jnp.zeros(5))
+    mu1, ls1 = fwd(x, jnp.ones(5))
+    np.testing.assert_allclose(mu0, x, rtol=1e-6)
+    np.testing.assert_allclose(ls0, jnp.log(0.01), rtol=1e-6)
+    np.testing.assert_array_equal(mu1, 0.0)
+    np.testing.assert_array_equal(ls1, 0.0)
+    np.testing.assert_array_equal(prior_loss(fwd, x), 0.0)
+    # In between the network does move the marginal, so the pins are not trivial.
+    mu_mid, _ = fwd(x, jnp.full(5, 0.5))
+    assert float(jnp.max(jnp.abs(mu_mid - 0.5 * x))) > 1e-3
+
+
+def test_bridge_is_pinned_at_both_ends():
+    key = jax.random.PRNGKey(3)
+    bridge = forward.bridge_forward(
+        lambda x0, x1, t: forward_net(init_mlp(key, [DIM + 2, 16, 2 * DIM]))(x0 - x1, t),
+        delta=0.02)
+    x0 = jax.random.normal(jax.random.PRNGKey(4), (5, DIM))
+    x1 = jax.random.normal(jax.random.PRNGKey(5), (5, DIM)) + 2.0
+    for t_end, target in ((0.0, x0), (1.0, x1)):
+        mu, ls = bridge(x0, x1, jnp.full(5, t_end))
+        np.testing.assert_allclose(mu, target, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ls, jnp.log(0.02), rtol=1e-6)
+    _, ls_mid = bridge(x0, x1, jnp.full(5, 0.5))
+    assert bool(jnp.all(ls_mid > jnp.log(0.02)))
+
+
+def test_prior_kl_matches_closed_form_for_vp_with_finite_gamma():
+    with jax.enable_x64(True):
+        gamma_max = 5.0
+        fwd = forward.vp_forward(schedules.linear_gamma(-10.0, gamma_max))
+        x = jax.random.normal(jax.random.PRNGKey(0), (6, DIM), jnp.float64)
+        a2, s2 = 1.0 / (1.0 + np.exp(gamma_max)), 1.0 / (1.0 + np.exp(-gamma_max))
+        expected = 0.5 * np.sum(a2 * np.asarray(x) ** 2 + s2 - 1.0 - np.log(s2), axis=-1)
+        np.testing.assert_allclose(prior_loss(fwd, x), expected, rtol=1e-10)
+        assert bool(np.all(expected > 0))
+
+
+@pytest.mark.parametrize("make", [schedules.linear_gamma, schedules.cosine_gamma])
+def test_fixed_schedules_hit_endpoints_and_increase(make):
+    gamma = make(-9.0, 4.0)
+    t = jnp.linspace(0.0, 1.0, 101)
+    g = gamma(t)
+    np.testing.assert_allclose([g[0], g[-1]], [-9.0, 4.0], rtol=1e-5)
+    assert bool(jnp.all(jnp.diff(g) > 0))
+
+
+def test_learned_schedule_is_monotone_with_learnable_endpoints():
+    params = schedules.init_monotone_gamma(jax.random.PRNGKey(0), -8.0, 6.0, hidden=32)
+    t = jnp.linspace(0.0, 1.0, 201)
+    g = schedules.monotone_gamma(params)(t)
+    np.testing.assert_allclose([g[0], g[-1]], [-8.0, 6.0], rtol=1e-5)
+    assert bool(jnp.all(jnp.diff(g) > 0))
+    grads = jax.grad(lambda p: jnp.sum(schedules.monotone_gamma(p)(t) ** 2))(params)
+    assert all(bool(jnp.any(v != 0)) for v in jax.tree_util.tree_leaves(grads))
+
+
+def test_score_is_gradient_of_gaussian_log_density():
+    fwd = _neural(jax.random.PRNGKey(1))
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, DIM))
+    t = jnp.array([0.2, 0.5, 0.7, 0.9])
+    m = forward.marginal_and_velocity(fwd, x, t)
+    z = jax.random.normal(jax.random.PRNGKey(3), (4, DIM))
+
+    def log_q(zz):
+        return jnp.sum(-0.5 * ((zz - m.mu) / m.sigma) ** 2 - m.log_sigma)
+
+    np.testing.assert_allclose(drifts.score(m, z), jax.grad(log_q)(z), rtol=1e-5)
+
+
+def test_reverse_drift_difference_equals_direct_difference():
+    fwd = _neural(jax.random.PRNGKey(4))
+    x, x_hat, z = (jax.random.normal(jax.random.PRNGKey(i), (4, DIM)) for i in (5, 6, 7))
+    t = jnp.array([0.1, 0.3, 0.6, 0.95])
+    g2 = jnp.array([0.5, 1.0, 2.0, 0.1])
+    m, m_hat = (forward.marginal_and_velocity(fwd, v, t) for v in (x, x_hat))
+    direct = drifts.reverse_drift(m, z, g2) - drifts.reverse_drift(m_hat, z, g2)
+    np.testing.assert_allclose(drifts.reverse_drift_difference(m, m_hat, z, g2), direct,
+                               rtol=1e-4, atol=1e-4)
+    expected_fb = drifts.ode_drift(m, z) - 0.5 * g2[:, None] * drifts.score(m, z)
+    np.testing.assert_allclose(drifts.reverse_drift(m, z, g2), expected_fb, rtol=1e-5)
+
+
+def test_vp_matching_volatility_is_sigma2_times_gamma_prime():
+    gamma = schedules.cosine_gamma()
+    t = jnp.array([0.1, 0.5, 0.9])
+    h = 1e-3
+    fd = (gamma(t + h) - gamma(t - h)) / (2 * h)
+    np.testing.assert_allclose(volatility.vp_matching(gamma)(t),
+                               jax.nn.sigmoid(gamma(t)) * fd, rtol=1e-3)
+
+
+def test_learned_volatility_starts_at_base_and_stays_positive():
+    base = volatility.delta_matched(0.01)
+    t = jnp.linspace(0.0, 1.0, 11)
+    np.testing.assert_allclose(volatility.learned(jnp.zeros_like, base)(t), base(t), rtol=1e-6)
+    wild = volatility.learned(lambda tt: -50.0 + 100.0 * tt, base)(t)
+    assert bool(jnp.all(wild > 0))
+    np.testing.assert_allclose(base(jnp.zeros(1)), 1e-4 * 4 * np.log(100.0), rtol=1e-3)
+
+
+def test_preconditioning_formula():
+    pred = drifts.preconditioned(lambda z, t: jnp.full_like(z, 2.0), delta=0.01)
+    z = jnp.ones((2, DIM))
+    np.testing.assert_allclose(pred(z, jnp.array([0.0, 1.0])),
+                               jnp.array([[1.0 + 0.02] * DIM, [2.02] * DIM]), rtol=1e-6)

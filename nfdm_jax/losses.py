@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from nfdm_jax.decoders import DecoderNLL
-from nfdm_jax.drifts import (Predictor, generative_drift, ode_drift,
-                             reverse_drift_difference)
+from nfdm_jax.drifts import (Predictor, generative_drift, reverse_drift_difference)
 from nfdm_jax.forward import ForwardFn, Marginal, marginal_and_velocity
 from nfdm_jax.ops import sum_per_example
 from nfdm_jax.volatility import Volatility, zero

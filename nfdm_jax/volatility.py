@@ -59,6 +59,25 @@ def delta_matched(delta: float) -> Volatility:
     return linear_snr(2.0 * math.log(delta), -2.0 * math.log(delta))
 
 
+def neural_matched(delta: float, min_gap: float = 1e-4) -> Volatility:
+    """The volatility under which the *untrained* neural process forgets x.
+
+    A zero network gives μ = a(t) x with a = 1 − t and σ = δ^(1−t). The conditional forward
+    SDE drift f + (g²/2)∇log q = ∂μ + (∂log σ − g²/(2σ²))(z − μ) is then free of x iff
+    g² = 2σ²(∂log σ − ∂log a) = 2σ²(−log δ + 1/(1 − t)): the analogue of VP's σ²γ'. As
+    the base of :func:`learned`, NFDM starts as a diffusion whose bound is tight for the
+    exact predictor, instead of one whose g is ~10³× off. ``1 − t`` is floored at
+    ``min_gap`` because g² diverges at t = 1, as VP's does when γ(1) = ∞.
+    """
+    log_delta = math.log(delta)
+
+    def g2(t: Array) -> Array:
+        rate = -log_delta + 1.0 / jnp.maximum(1.0 - t, min_gap)
+        return 2.0 * jnp.exp(2.0 * (1.0 - t) * log_delta) * rate
+
+    return g2
+
+
 def sigmoid_g2(scale: float = 20.0, slope: float = 20.0, midpoint: float = 0.5) -> Volatility:
     """g² = scale · sigmoid(slope (t − midpoint)), the official toy's fixed alternative."""
     return lambda t: scale * jax.nn.sigmoid(slope * (t - midpoint))
@@ -68,7 +87,7 @@ def learned(net: Callable[[Array], Array], base: Volatility) -> Volatility:
     """Learnable volatility g² = base(t) · softplus(net(t) + softplus⁻¹(1)).
 
     Positive for any network; a zero-initialised ``net`` (``[B] -> [B]``) starts
-    exactly at ``base``, e.g. :func:`delta_matched`, rather than at an arbitrary
+    exactly at ``base``, e.g. :func:`neural_matched`, rather than at an arbitrary
     constant (SPEC §1.3).
     """
     return lambda t: base(t) * jax.nn.softplus(net(t) + _SOFTPLUS_INV_ONE)

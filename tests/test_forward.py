@@ -180,3 +180,46 @@ def test_preconditioning_formula():
     z = jnp.ones((2, DIM))
     np.testing.assert_allclose(pred(z, jnp.array([0.0, 1.0])),
                                jnp.array([[1.0 + 0.02] * DIM, [2.02] * DIM]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vp", "neural_init"])
+def test_matched_volatility_makes_the_forward_sde_forget_x(name):
+    """∂/∂x of the conditional forward SDE drift f + (g²/2)∇log q vanishes (SPEC §1.3)."""
+    with jax.enable_x64(True):
+        if name == "vp":
+            gamma = schedules.cosine_gamma()
+            fwd, g2 = forward.vp_forward(gamma), volatility.vp_matching(gamma)
+        else:
+            fwd = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)), 0.01)
+            g2 = volatility.neural_matched(0.01)
+        t = jnp.array([0.05, 0.4, 0.8, 0.97])
+        z = jax.random.normal(jax.random.PRNGKey(0), (4, DIM), jnp.float64)
+
+        def sde_drift(x):
+            m = forward.marginal_and_velocity(fwd, x, t)
+            return drifts.reverse_drift(m, z, -g2(t))  # f − (−g²/2)∇log q = f + (g²/2)∇log q
+
+        x = jax.random.normal(jax.random.PRNGKey(1), (4, DIM), jnp.float64)
+        jac = jax.jacfwd(lambda v: jnp.sum(sde_drift(v), axis=0))(x)
+        np.testing.assert_allclose(jac, 0.0, atol=1e-9)
+        # A mismatched volatility does not forget x: the test can fail.
+        wrong = jax.jacfwd(lambda v: jnp.sum(drifts.reverse_drift(
+            forward.marginal_and_velocity(fwd, v, t), z, -2.0 * g2(t)), axis=0))(x)
+        assert float(jnp.max(jnp.abs(wrong))) > 1e-2
+
+
+@pytest.mark.parametrize("t_value", [0.0, 0.3, 0.9, 1.0])
+def test_wiener_preconditioning_is_posterior_mean_and_std_of_initial_process(t_value):
+    """With a zero network x̂ = c_skip z is the least-squares estimate of x ~ N(0, σ_d²) from z
+    of the untrained neural process, and c_out is the residual std (Monte Carlo, 2e5 draws)."""
+    delta, data_std, n = 0.01, 0.5, 200_000
+    fwd = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)), delta)
+    x = data_std * jax.random.normal(jax.random.PRNGKey(0), (n, 1))
+    t = jnp.full((n,), t_value)
+    mu, log_sigma = fwd(x, t)
+    z = mu + jnp.exp(log_sigma) * jax.random.normal(jax.random.PRNGKey(1), (n, 1))
+    x_hat = drifts.wiener_preconditioned(lambda z, t: jnp.zeros_like(z), delta, data_std)(z, t)
+    c_ls = jnp.sum(x * z) / jnp.sum(z * z)
+    np.testing.assert_allclose(jnp.sum(x_hat * z) / jnp.sum(z * z), c_ls, rtol=1e-2, atol=1e-3)
+    c_out = (drifts.wiener_preconditioned(lambda z, t: jnp.ones_like(z), delta, data_std)(z, t) - x_hat)[0, 0]
+    np.testing.assert_allclose(c_out, jnp.sqrt(jnp.mean(jnp.square(x - x_hat))), rtol=1e-2)

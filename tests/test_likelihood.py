@@ -11,26 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nfdm_jax import decoders, drifts, forward, likelihood, losses, schedules, volatility
+from nfdm_jax import decoders, drifts, forward, likelihood, losses, volatility
 
-GAMMA = schedules.linear_gamma()
-MEAN = np.array([[0.3, -0.5, 1.0]])
-EIGS = np.array([[0.2, 0.5, 1.0]])
-Q = np.linalg.qr(np.array([[1.0, 0.4, -0.3], [0.2, 1.0, 0.5], [-0.6, 0.1, 1.0]]))[0]
-DIM = 3
-
-
-def alpha2_sigma2(t):
-    g = GAMMA(t)
-    return jax.nn.sigmoid(-g), jax.nn.sigmoid(g)
-
-
-def exact_predictor(z, t):
-    """E[x | z_t] = m + α S (α² S + σ² I)⁻¹ (z − α m), in S's eigenbasis."""
-    a2, s2 = alpha2_sigma2(t)
-    a2, s2 = a2[:, None], s2[:, None]
-    a = jnp.sqrt(a2)
-    return MEAN + ((z - a * MEAN) @ Q * (a * EIGS / (a2 * EIGS + s2))) @ Q.T
+from gaussian_oracle import DIM, EIGS, GAMMA, MEAN, Q, alpha2_sigma2, exact_predictor, marginal
 
 
 def gaussian_log_prob(z, mean, cov):
@@ -39,12 +22,6 @@ def gaussian_log_prob(z, mean, cov):
     white = jax.scipy.linalg.solve_triangular(chol, (z - mean[None]).T, lower=True)
     return (-0.5 * jnp.sum(jnp.square(white), axis=0) - jnp.sum(jnp.log(jnp.diag(chol)))
             - 0.5 * z.shape[1] * math.log(2 * math.pi))
-
-
-def marginal(t, extra_var=0.0):
-    """(mean [D], cov [D, D]) of q(z_t), plus ``extra_var`` I."""
-    a2, s2 = alpha2_sigma2(jnp.full((), t))
-    return jnp.sqrt(a2) * MEAN[0], a2 * (Q * EIGS) @ Q.T + (s2 + extra_var) * jnp.eye(DIM)
 
 
 @pytest.fixture(scope="module")

@@ -7,27 +7,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nfdm_jax import drifts, forward, sampling, schedules, volatility
+from nfdm_jax import drifts, forward, sampling, volatility
 
-GAMMA = schedules.linear_gamma()
-MEAN = np.array([[0.3, -0.5, 1.0]])
-# S = Q diag(EIGS) Qᵀ with a fixed rotation, so the flow is not isotropic.
-EIGS = np.array([[0.2, 0.5, 1.0]])
-Q = np.linalg.qr(np.array([[1.0, 0.4, -0.3], [0.2, 1.0, 0.5], [-0.6, 0.1, 1.0]]))[0]
-
-
-def alpha2_sigma2(t):
-    g = GAMMA(t)
-    return jax.nn.sigmoid(-g), jax.nn.sigmoid(g)
-
-
-def exact_predictor(z, t):
-    """E[x | z_t] = m + α S (α² S + σ² I)⁻¹ (z − α m), in S's eigenbasis."""
-    a2, s2 = alpha2_sigma2(t)
-    a2, s2 = a2[:, None], s2[:, None]
-    a = jnp.sqrt(a2)
-    gain = a * EIGS / (a2 * EIGS + s2)
-    return MEAN + ((z - a * MEAN) @ Q * gain) @ Q.T
+from gaussian_oracle import EIGS, GAMMA, MEAN, Q, alpha2_sigma2, exact_predictor, marginal
 
 
 def exact_flow_map(z1, t_end):
@@ -36,13 +18,6 @@ def exact_flow_map(z1, t_end):
     a2_t, s2_t = alpha2_sigma2(jnp.full((), t_end))
     scale = jnp.sqrt((a2_t * EIGS + s2_t) / (a2_1 * EIGS + s2_1))
     return jnp.sqrt(a2_t) * MEAN + ((z1 - jnp.sqrt(a2_1) * MEAN) @ Q * scale) @ Q.T
-
-
-def marginal(t):
-    """Mean [D] and covariance [D, D] of q(z_t) = N(α m, α² S + σ² I)."""
-    a2, s2 = alpha2_sigma2(jnp.full((), t))
-    cov = a2 * (Q * EIGS) @ Q.T + s2 * np.eye(3)
-    return np.sqrt(a2) * MEAN[0], cov
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.train_step``, ``python -m benchmarks.reconstruction``."""

@@ -1,0 +1,1 @@
+"""Experiment configs (ml_collections) and the entry point ``python -m experiments.run``."""

@@ -1,0 +1,40 @@
+"""AdamW with warmup, a polynomial or constant schedule, global-norm clipping and
+per-group learning rates (forward / predictor / volatility / gamma)."""
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+GROUPS = ("forward", "predictor", "volatility", "gamma")
+
+
+def learning_rate(o: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to ``o.lr`` over ``o.warmup_steps``, then constant or
+    polynomial decay to ``o.end_lr`` at ``num_steps``."""
+    if o.schedule == "constant":
+        after = optax.constant_schedule(o.lr)
+    elif o.schedule == "polynomial":
+        after = optax.polynomial_schedule(o.lr, o.end_lr, o.power,
+                                          max(num_steps - o.warmup_steps, 1))
+    else:
+        raise ValueError(f"config.optim.schedule={o.schedule!r}; choose 'polynomial' or 'constant'")
+    if o.warmup_steps == 0:
+        return after
+    warmup = optax.linear_schedule(0.0, o.lr, o.warmup_steps)
+    return optax.join_schedules([warmup, after], [o.warmup_steps])
+
+
+def make_optimizer(o: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    """Clip the global norm over all parameters, then AdamW per group at ``lr · lr_scale[group]``.
+
+    Params must be a dict keyed by :data:`GROUPS` (as :meth:`Model.init` returns).
+    """
+    schedule = learning_rate(o, num_steps)
+
+    def adamw(scale: float) -> optax.GradientTransformation:
+        return optax.adamw(lambda step: scale * schedule(step), o.b1, o.b2, o.eps,
+                           weight_decay=o.weight_decay)
+
+    per_group = optax.multi_transform({g: adamw(o.lr_scale[g]) for g in GROUPS},
+                                      {g: g for g in GROUPS})
+    return optax.chain(optax.clip_by_global_norm(o.clip_norm), per_group)

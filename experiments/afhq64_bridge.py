@@ -18,7 +18,7 @@ from experiments import common
 
 def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
-    c.model.name = "nfbm"
+    c.model.name, c.model.volatility_base = "nfbm", "delta_matched"
     c.model.delta = 1e-3
     c.net.preset = "afhq64"
     c.data.name, c.data.target, c.data.source = "afhq64", "cat", "dog"

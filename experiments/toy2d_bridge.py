@@ -16,7 +16,7 @@ from experiments.toy2d import toy_defaults
 def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
     toy_defaults(c)
-    c.model.name = "nfbm"
+    c.model.name, c.model.volatility_base = "nfbm", "delta_matched"
     c.model.obstacle_weight, c.model.obstacle_centre, c.model.obstacle_radius = 10.0, (0.0, 0.0), 1.0
     c.data.target, c.data.target_offset = "checkerboard", (4.5, 0.0)
     c.data.source, c.data.source_offset = "two_moons", (-4.5, 0.0)

@@ -265,6 +265,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m.volatility_base not in VOLATILITY_BASES:
         raise ValueError(f"config.model.volatility_base={m.volatility_base!r}; "
                          f"choose from {tuple(VOLATILITY_BASES)}")
+    if m.name == "nfbm" and "neural_matched" in (m.volatility, m.volatility_base):
+        raise ValueError("neural_matched volatility is derived for the unpinned neural process; "
+                         "bridges (nfbm) need config.model.volatility_base='delta_matched'")
     if m.volatility == "vp_matching" and m.name not in _VP:
         raise ValueError("config.model.volatility='vp_matching' needs a VP model (vdm, vdm_learned)")
     if m.parameterization == "eps" and m.name not in _VP:

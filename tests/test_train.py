@@ -16,7 +16,12 @@ from nfdm_jax.train import CheckpointError, Checkpointer, loop, sharding, step a
 
 # Float32 reductions over differently sharded batches reorder sums: a few ulps per step,
 # amplified by 3 Adam steps on ~1e3-scale losses. Parameters move by ~lr = 1e-3 per step.
-RTOL, ATOL = 1e-4, 1e-5
+# Adam divides each gradient by its own running RMS, so a weight whose gradient is pure
+# reduction-order noise (the volatility net's first layer, behind a zero-initialised output
+# layer) still moves by ~lr, in a direction set by the device layout's summation order:
+# hence atol 5e-5 (5 % of one step), not 1e-5.
+# A real sharding bug (wrong averaging, a dropped shard) changes every parameter by O(lr).
+RTOL, ATOL = 1e-4, 5e-5
 
 
 def toy_config(**overrides):

@@ -18,6 +18,7 @@ K = 1 t-sample each; wall time includes ~3 min of compiling and other jobs on th
       δ-matched g base (earlier default)
     nfdm, Wiener preconditioning (default)  600    12.2 min    6.84  (8.07 at step 300)
     same, --config.train.num_steps=2000    2000    35 min      5.16  (5.72 at step 1000)
+      --config.train.eval_every=1000
     vdm (``:vdm``)                          600     4.7 min    5.7
 
 The paper's predictor x̂ = (1 − t) z + (t + δ) NN starts at x̂ = (1 − t) z, whose error at small t

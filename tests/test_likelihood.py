@@ -25,12 +25,6 @@ def gaussian_log_prob(z, mean, cov):
 
 
 @pytest.fixture(scope="module")
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
-@pytest.fixture(scope="module")
 def ode_drift(x64):
     return drifts.generative_drift(forward.vp_forward(GAMMA), exact_predictor, volatility.zero())
 

@@ -21,12 +21,6 @@ def exact_flow_map(z1, t_end):
 
 
 @pytest.fixture(scope="module")
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
-@pytest.fixture(scope="module")
 def model(x64):
     fwd = forward.vp_forward(GAMMA)
     vol = volatility.vp_matching(GAMMA)

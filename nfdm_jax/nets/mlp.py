@@ -70,42 +70,39 @@ class MLP2D(nn.Module):
         return nn.Dense(self.out_dim, kernel_init=init, name="out")(h)
 
 
-class PredictorMLP2D(nn.Module):
-    """2-D reverse-process predictor: `(x [B, D], t [B], cond [B, D_c] | None, *, train=False)
-    -> [B, D] float32`. Attributes as in `MLP2D`."""
+class _TimeMLP(nn.Module):
+    """Fields shared by the 2-D networks, and the `MLP2D` they wrap (named "mlp")."""
 
     hidden: int = 256
     depth: int = 3
     time_embed_dim: int = 32
     time_scale: float = 1000.0
+
+    def _mlp(self, out_dim: int, zero_init_output: bool = False) -> MLP2D:
+        return MLP2D(self.hidden, self.depth, out_dim, self.time_embed_dim, self.time_scale,
+                     zero_init_output=zero_init_output, name="mlp")
+
+
+class PredictorMLP2D(_TimeMLP):
+    """2-D reverse-process predictor: `(x [B, D], t [B], cond [B, D_c] | None, *, train=False)
+    -> [B, D] float32`. Attributes as in `MLP2D`."""
 
     @nn.compact
     def __call__(
         self, x: jax.Array, t: jax.Array, cond: jax.Array | None = None, *, train: bool = False
     ) -> jax.Array:
-        mlp = MLP2D(
-            self.hidden, self.depth, x.shape[-1], self.time_embed_dim, self.time_scale, name="mlp"
-        )
-        return mlp(x, t, cond, train=train)
+        return self._mlp(x.shape[-1])(x, t, cond, train=train)
 
 
-class ForwardMLP2D(nn.Module):
+class ForwardMLP2D(_TimeMLP):
     """2-D forward-process network: `(x [B, D], t [B], cond [B, D_c] | None, *, train=False)
     -> (m_bar [B, D], l_bar [B, D])`, both exactly 0 at initialisation (zero output layer).
     Attributes as in `MLP2D`."""
-
-    hidden: int = 256
-    depth: int = 3
-    time_embed_dim: int = 32
-    time_scale: float = 1000.0
 
     @nn.compact
     def __call__(
         self, x: jax.Array, t: jax.Array, cond: jax.Array | None = None, *, train: bool = False
     ) -> tuple[jax.Array, jax.Array]:
-        mlp = MLP2D(
-            self.hidden, self.depth, 2 * x.shape[-1], self.time_embed_dim, self.time_scale,
-            zero_init_output=True, name="mlp",
-        )
-        m_bar, l_bar = jnp.split(mlp(x, t, cond, train=train), 2, axis=-1)
+        out = self._mlp(2 * x.shape[-1], zero_init_output=True)(x, t, cond, train=train)
+        m_bar, l_bar = jnp.split(out, 2, axis=-1)
         return m_bar, l_bar

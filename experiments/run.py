@@ -13,19 +13,27 @@ Flags:
                            ``jax.distributed.initialize()`` detects, or when
                            JAX_COORDINATOR_ADDRESS is set; otherwise it runs as one process.
   --cpu_collectives        CPU cross-process collectives (``gloo``) for multi-process CPU runs.
+  --debug                  show the traceback of a configuration or data error.
+
+Before anything is compiled or written, :func:`nfdm_jax.train.validation.validate_run`
+checks every field, the workdir, the datasets and (on resume) the stored ``config.json``.
+A bad input ends the run with one line ``error: ...`` on stderr naming the field or file,
+exit status 1 (2 for unparsable flags), and an untouched workdir. Only training (after
+those checks) writes ``config.json``.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+from typing import Optional, Sequence
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nfdm_jax.data import DatasetNotFoundError
-from nfdm_jax.train import CheckpointError, loop
+from nfdm_jax.train import CheckpointError, loop, validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -35,6 +43,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_COLLECTIVES = flags.DEFINE_string("cpu_collectives", None, "e.g. 'gloo'.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks of configuration errors.")
 flags.mark_flag_as_required("config")
 
 # Environments in which jax.distributed.initialize() finds its peers by itself.
@@ -53,11 +62,71 @@ def init_distributed() -> None:
 
 
 def write_config(config, workdir: str) -> None:
-    """The resolved config as JSON in the workdir (process 0), for the record."""
+    """The resolved config as JSON in the workdir (process 0), for the record and for
+    checking resumes (:func:`validation.check_stored_config`). Training only, after every
+    check passed; written to a temporary file and renamed, so it is never half-written."""
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        path = os.path.join(workdir, "config.json")
+        with open(path + ".tmp", "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        os.replace(path + ".tmp", path)
+
+
+# Errors caused by what the user passed (or by the files they point to): one line, no
+# traceback. OSError covers unwritable or full disks met while running.
+USER_ERRORS = (ValueError, DatasetNotFoundError, CheckpointError, FloatingPointError, OSError)
+
+
+def one_line(e: BaseException) -> str:
+    """``error: <message>`` on one line (multi-line messages are joined)."""
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return f"error: {text or type(e).__name__}"
+
+
+def execute(config, workdir: str, mode: str,
+            devices: Optional[Sequence[jax.Device]] = None, debug: bool = False) -> int:
+    """Validates, then trains / evaluates / samples; returns the exit status.
+
+    A user error prints one line on stderr and returns 1 (``debug``: raises instead).
+    """
+    try:
+        data = validation.validate_run(config, workdir, mode, devices)
+        if mode == "train":
+            write_config(config, workdir)
+            loop.train(config, workdir, devices, data)
+        elif mode == "eval":
+            print(json.dumps(loop.run_eval(config, workdir, data), sort_keys=True))
+        else:
+            print(loop.run_sample(config, workdir, data))
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(one_line(e), file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def load_config():
+    """The ``--config`` value; a missing file or bad override is a one-line error (exit 2)."""
+    try:
+        return _CONFIG.value
+    except Exception as e:  # config_flags defers file errors to the first access.
+        if _DEBUG.value:
+            raise
+        print(one_line(e), file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with errors (a misspelt override key, a bad value) on one line."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:
+        if "--debug" in argv:
+            raise
+        print(f"{one_line(e)} (see --helpfull)", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _quiet_orbax(record) -> bool:
@@ -69,23 +138,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_quiet_orbax)
+    config, workdir = load_config(), _WORKDIR.value
     init_distributed()
-    config, workdir = _CONFIG.value, _WORKDIR.value
     logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-    try:
-        write_config(config, workdir)
-        if _MODE.value == "train":
-            loop.train(config, workdir)
-        elif _MODE.value == "eval":
-            print(json.dumps(loop.run_eval(config, workdir), sort_keys=True))
-        else:
-            print(loop.run_sample(config, workdir))
-    except (ValueError, DatasetNotFoundError, CheckpointError, FloatingPointError,
-            FileNotFoundError) as e:
-        logging.error("%s: %s", type(e).__name__, e)
-        sys.exit(f"error: {type(e).__name__}: {e}")
+    sys.exit(execute(config, workdir, _MODE.value, debug=_DEBUG.value))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -122,14 +122,15 @@ def test_incompatible_checkpoint_is_a_clear_error(three_steps, tmp_path):
         loop.train(wider, copy_of(three_steps, tmp_path), jax.devices()[:1])
 
 
-def test_corrupt_checkpoint_is_a_clear_error(three_steps, tmp_path):
+def test_no_verifiable_checkpoint_is_a_clear_error(three_steps, tmp_path):
     workdir = copy_of(three_steps, tmp_path)
     state_dir = os.path.join(workdir, "checkpoints", "3", "state")
     for name in os.listdir(state_dir):
         path = os.path.join(state_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else open(path, "wb").close()
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="no checkpoint .* verifies"):
         loop.train(toy_config(**{"train.num_steps": 6}), workdir, jax.devices()[:1])
+    assert os.listdir(os.path.join(workdir, "checkpoints_rejected")) == ["3"]  # kept, aside
 
 
 def test_nan_guard_names_step_and_checkpoint(tmp_path):

@@ -126,8 +126,12 @@ def image_folder(root: str, resolution: int) -> ArraySource:
         raise DatasetNotFoundError(f"no .png/.jpg images under {root!r}")
 
     def load(path: str) -> np.ndarray:
-        with Image.open(path) as im:
-            # Box filtering is the anti-aliased downsampling used for downsampled ImageNet.
-            return np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BOX))
+        try:
+            with Image.open(path) as im:
+                # Box filtering is the anti-aliased downsampling used for downsampled ImageNet.
+                return np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BOX))
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... on bad files.
+            raise DatasetNotFoundError(f"image file {path!r} cannot be read ({type(e).__name__}: "
+                                       f"{e}); replace or remove it") from e
 
     return ArraySource({"x": np.stack([load(p) for p in paths])})

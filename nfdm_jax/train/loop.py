@@ -25,9 +25,10 @@ from nfdm_jax import evaluation, plotting
 from nfdm_jax.data import BatchIterator, DatasetSpec, eval_batches, make_datasets
 from nfdm_jax.models import Model
 from nfdm_jax.train import generate, sharding, step as steps
-from nfdm_jax.train.checkpointing import Checkpointer
+from nfdm_jax.train import validation
+from nfdm_jax.train.checkpointing import CheckpointError, Checkpointer, CorruptCheckpoint
 from nfdm_jax.train.optimizer import learning_rate, make_optimizer
-from nfdm_jax.train.preemption import PreemptionFlag
+from nfdm_jax.train.preemption import Preemption
 from nfdm_jax.train.state import TrainState
 from nfdm_jax.train.summaries import MetricWriter
 
@@ -72,17 +73,17 @@ class Experiment:
 
 
 def setup(config: ml_collections.ConfigDict,
-          devices: Optional[Sequence[jax.Device]] = None) -> Experiment:
-    """Validates ``config`` and builds the experiment; raises ``ValueError`` /
-    ``DatasetNotFoundError`` with a message naming the problem, before any compilation."""
+          devices: Optional[Sequence[jax.Device]] = None,
+          data: Optional[DatasetSpec] = None) -> Experiment:
+    """Checks ``config`` (:func:`validation.check_config`) and builds the experiment, before
+    any compilation; raises ``ValueError`` / ``DatasetNotFoundError`` naming the problem.
+
+    ``data``: the datasets if already opened (by :func:`validation.validate_run`).
+    """
     t = config.train
-    if t.num_steps % t.steps_per_dispatch:
-        raise ValueError(f"config.train.num_steps={t.num_steps} is not a multiple of "
-                         f"config.train.steps_per_dispatch={t.steps_per_dispatch}")
+    validation.check_config(config, devices)
     mesh = sharding.make_mesh(config, devices)
-    sharding.check_batch(mesh, t.batch_size)
-    sharding.check_batch(mesh, t.eval_batch_size or t.batch_size, "config.train.eval_batch_size")
-    data = make_datasets(config.data, config.seed)
+    data = data if data is not None else make_datasets(config.data, config.seed)
     model = Model(config, data.shape)
     schedule = learning_rate(config.optim, t.num_steps)
     optimizer = make_optimizer(config.optim, t.num_steps)
@@ -100,18 +101,26 @@ def create_state(exp: Experiment) -> TrainState:
 
 
 def restore_or_create(exp: Experiment, ckpt: Checkpointer) -> tuple[TrainState, int]:
-    """The latest checkpoint's state (onto the current mesh) or a fresh one, and its step."""
-    latest = ckpt.latest_step()
-    if latest is None:
-        return create_state(exp), 0
+    """The newest checkpoint that verifies (onto the current mesh) or a fresh state, and
+    its step. Corrupt newer checkpoints are moved aside (:meth:`Checkpointer.restore_latest`)."""
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           exp.abstract_state, exp.state_shardings)
-    state, data_state = ckpt.restore(latest, target)
-    if data_state.get("seed") != exp.config.seed or data_state.get("step") != latest:
-        raise ValueError(f"checkpoint {latest} was written with data state {data_state}, "
-                         f"but config.seed={exp.config.seed}")
-    logging.info("Resumed from %s/%d", ckpt.directory, latest)
-    return state, latest
+    found = ckpt.restore_latest(target, functools.partial(check_data_state, exp.config))
+    if found is None:
+        return create_state(exp), 0
+    step, state, _ = found
+    logging.info("Resumed from %s/%d", ckpt.directory, step)
+    return state, step
+
+
+def check_data_state(config: ml_collections.ConfigDict, step: int, data_state: Any) -> None:
+    """The data-iterator state saved with checkpoint ``step`` must belong to it (else the
+    checkpoint is corrupt) and to ``config.seed`` (else the config is wrong)."""
+    if not isinstance(data_state, dict) or data_state.get("step", step) != step:
+        raise CorruptCheckpoint(f"its data-iterator state {data_state} is not at step {step}")
+    if data_state.get("seed", config.seed) != config.seed:
+        raise CheckpointError(f"checkpoint {step} was trained with seed {data_state['seed']}, "
+                              f"but config.seed={config.seed}; use the same seed")
 
 
 def evaluate(exp: Experiment, params: Any) -> dict[str, float]:
@@ -154,13 +163,15 @@ def _crossed(prev: int, now: int, every: int) -> bool:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          devices: Optional[Sequence[jax.Device]] = None) -> TrainState:
+          devices: Optional[Sequence[jax.Device]] = None,
+          data: Optional[DatasetSpec] = None) -> TrainState:
     """Trains to ``config.train.num_steps``, resuming from ``workdir/checkpoints``.
 
-    Returns the final state. Exits early (returning the saved state) on SIGTERM. Raises
-    ``FloatingPointError`` naming the step and last good checkpoint on a non-finite loss.
+    Returns the final state. Exits early (returning the saved state) on SIGTERM or a
+    multi-host pre-emption notice. Raises ``FloatingPointError`` naming the step and last
+    good checkpoint on non-finite metrics or state (nothing non-finite is ever saved).
     """
-    exp = setup(config, devices)
+    exp = setup(config, devices, data)
     t = config.train
     ckpt = Checkpointer(workdir, t.max_to_keep, t.async_checkpointing)
     state, step = restore_or_create(exp, ckpt)
@@ -170,7 +181,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         steps.make_train_step(exp.model, exp.optimizer, exp.schedule, exp.key(_TRAIN),
                               config.optim.ema_decay), exp.mesh, exp.state_shardings)
     writer = MetricWriter(workdir)
-    preemption = PreemptionFlag()
+    preemption = Preemption(ckpt.manager.reached_preemption)
+    dispatch = 0
     pending: list[dict[str, jax.Array]] = []
     last_time, last_step = time.perf_counter(), step
     try:
@@ -186,10 +198,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 pending = []
                 means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
                 if not all(np.isfinite(list(means.values()))):
+                    ckpt.wait()
                     raise FloatingPointError(
                         f"non-finite metrics at step {step}: {means}. Last good checkpoint: "
-                        f"{ckpt.latest_step() if ckpt.latest_step() is not None else 'none'} "
-                        f"in {ckpt.directory}")
+                        f"{ckpt.latest_step()} in {ckpt.directory}")
                 now = time.perf_counter()
                 means["step_time"] = (now - last_time) / (step - last_step)
                 means["examples_per_sec"] = t.batch_size / means["step_time"]
@@ -201,10 +213,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 writer.scalars(step, evaluate(exp, state.ema_params), "eval")
             if _crossed(prev, step, config.sample.every):
                 sample(exp, state.ema_params, workdir, step)
-            if _stop_requested(preemption, save or _crossed(prev, step, t.log_every)):
+            if preemption.should_stop(dispatch, save or _crossed(prev, step, t.log_every)):
                 logging.warning("SIGTERM: saving step %d and exiting", step)
-                ckpt.save(step, state, batches.state)
+                ckpt.save(step, state, batches.state)  # Checked for NaN like every save.
                 break
+            dispatch += 1
         ckpt.wait()
     finally:
         preemption.restore()
@@ -212,17 +225,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         ckpt.close()
         writer.close()
     return state
-
-
-def _stop_requested(preemption: PreemptionFlag, synced: bool) -> bool:
-    """Single process: the flag, checked between any two dispatches. Several processes
-    must stop at the same step, so they agree at log/checkpoint steps only (a collective)."""
-    if jax.process_count() == 1:
-        return preemption.requested
-    if not synced:
-        return False
-    flags = multihost_utils.process_allgather(np.int32(preemption.requested))
-    return bool(np.max(flags))
 
 
 def test_bpd(exp: Experiment, params: Any, workdir: str, step: int) -> dict[str, float]:
@@ -239,9 +241,11 @@ def test_bpd(exp: Experiment, params: Any, workdir: str, step: int) -> dict[str,
 
 
 def _from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,
-                 fn: Callable[[Experiment, Any, int], Any]) -> Any:
-    """``fn(experiment, ema_params, step)`` on the latest checkpoint in ``workdir``."""
-    exp = setup(config)
+                 fn: Callable[[Experiment, Any, int], Any],
+                 data: Optional[DatasetSpec] = None) -> Any:
+    """``fn(experiment, ema_params, step)`` on the newest checkpoint in ``workdir`` that
+    verifies (corrupt newer ones are moved aside)."""
+    exp = setup(config, data=data)
     ckpt = Checkpointer(workdir, config.train.max_to_keep)
     try:
         if ckpt.latest_step() is None:
@@ -252,7 +256,8 @@ def _from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,
         ckpt.close()
 
 
-def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def run_eval(config: ml_collections.ConfigDict, workdir: str,
+             data: Optional[DatasetSpec] = None) -> dict[str, float]:
     """Test-split metrics of the latest checkpoint's EMA parameters: every objective term,
     and for likelihood models the BPD with its standard error (also written as JSON)."""
 
@@ -263,10 +268,11 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         MetricWriter(workdir).scalars(step, metrics, "eval")
         return metrics
 
-    return _from_latest(config, workdir, "evaluate", eval_metrics)
+    return _from_latest(config, workdir, "evaluate", eval_metrics, data)
 
 
-def run_sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+def run_sample(config: ml_collections.ConfigDict, workdir: str,
+               data: Optional[DatasetSpec] = None) -> str:
     """Samples from the latest checkpoint's EMA parameters; returns the .npz path."""
     return _from_latest(config, workdir, "sample from",
-                        lambda exp, params, step: sample(exp, params, workdir, step))
+                        lambda exp, params, step: sample(exp, params, workdir, step), data)

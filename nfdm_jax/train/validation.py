@@ -1,0 +1,247 @@
+"""One validation pass over everything a user can set, before anything is compiled or written.
+
+:func:`validate_run` (called once by ``experiments/run.py``) checks, in order: every config
+field (:func:`check_config`: steps, batch sizes against devices and processes, seeds,
+sampler, mesh, checkpoint fields, learning-rate schedule, and the model through
+:func:`nfdm_jax.models.validate`), the workdir (a writable directory; for eval and sample,
+one holding checkpoints), that a resumed workdir was trained with the same model and data
+fields (``config.json``), then opens the datasets (paths and image files) and checks the
+batch sizes against them. Each problem raises :class:`ConfigError` (a ``ValueError``) with
+one line naming the field or file and what is allowed. Nothing here writes to disk or
+compiles: a run that fails any check leaves its workdir untouched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import ml_collections
+
+from nfdm_jax import models, nets
+from nfdm_jax.data import DatasetSpec, make_datasets
+from nfdm_jax.data.registry import DATASETS
+from nfdm_jax.train.optimizer import GROUPS
+
+MODES = ("train", "eval", "sample")
+SAMPLERS = ("sde", "ode")
+SCHEDULES = ("polynomial", "constant")
+DTYPES = ("float32", "bfloat16")
+# Fields that must equal the stored config.json on resume (they define the model and the
+# data it was trained on); data_dir (where the data lives) and eval_size may change.
+RESUME_FIXED = ("seed", "model", "net", "data")
+RESUME_FREE = ("data.data_dir", "data.eval_size")
+MAX_SEED = 2 ** 31
+
+
+class ConfigError(ValueError):
+    """A config field, flag or file a user set is invalid; the message names it."""
+
+
+def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_at_least(c: ml_collections.ConfigDict, field: str, low: int, note: str = "") -> None:
+    value = _lookup(c, field)
+    _require(_is_int(value) and value >= low, field, value, f"an integer >= {low}{note}")
+
+
+def _lookup(c: ml_collections.ConfigDict, field: str) -> Any:
+    for part in field.split("."):
+        c = c[part]
+    return c
+
+
+def check_config(config: ml_collections.ConfigDict,
+                 devices: Optional[Sequence[jax.Device]] = None,
+                 process_count: Optional[int] = None) -> None:
+    """Every field of ``config`` on its own and against the devices and processes.
+
+    Pure: reads no file and compiles nothing. Raises :class:`ConfigError`, or the
+    ``ValueError`` of :func:`nfdm_jax.models.validate` for model fields.
+    """
+    c = config
+    _require(_is_int(c.seed) and 0 <= c.seed < MAX_SEED, "seed", c.seed,
+             f"an integer in [0, {MAX_SEED})")
+    _check_train(c)
+    _check_optim(c)
+    _check_sample(c)
+    _check_net_and_data(c)
+    models.validate(c)
+    _check_devices(c, len(devices) if devices is not None else jax.device_count(),
+                   process_count if process_count is not None else jax.process_count())
+
+
+def _check_train(c: ml_collections.ConfigDict) -> None:
+    t = c.train
+    _int_at_least(c, "train.num_steps", 1)
+    _int_at_least(c, "train.steps_per_dispatch", 1)
+    _require(t.num_steps % t.steps_per_dispatch == 0, "train.num_steps", t.num_steps,
+             f"a multiple of config.train.steps_per_dispatch={t.steps_per_dispatch}")
+    _int_at_least(c, "train.batch_size", 1)
+    _int_at_least(c, "train.eval_batch_size", 0, " (0 = batch_size)")
+    for field in ("log_every", "eval_every", "checkpoint_every"):
+        _int_at_least(c, f"train.{field}", 0, " (0 = never)")
+    _int_at_least(c, "train.eval_t_samples", 1)
+    _int_at_least(c, "train.max_to_keep", 1, " (checkpoints kept; 0 would delete them all)")
+    _require(isinstance(t.async_checkpointing, bool), "train.async_checkpointing",
+             t.async_checkpointing, "True or False")
+
+
+def _check_optim(c: ml_collections.ConfigDict) -> None:
+    o = c.optim
+    _require(_is_real(o.lr) and o.lr > 0, "optim.lr", o.lr, "a finite number > 0")
+    _require(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {SCHEDULES}")
+    _int_at_least(c, "optim.warmup_steps", 0)
+    _require(_is_real(o.end_lr) and o.end_lr >= 0, "optim.end_lr", o.end_lr,
+             "a finite number >= 0")
+    _require(_is_real(o.power) and o.power > 0, "optim.power", o.power, "a finite number > 0")
+    for field in ("b1", "b2", "ema_decay"):
+        v = o[field]
+        _require(_is_real(v) and 0 <= v < 1, f"optim.{field}", v, "a number in [0, 1)")
+    _require(_is_real(o.eps) and o.eps > 0, "optim.eps", o.eps, "a finite number > 0")
+    _require(_is_real(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay",
+             o.weight_decay, "a finite number >= 0")
+    _require(_is_real(o.clip_norm) and o.clip_norm > 0, "optim.clip_norm", o.clip_norm,
+             "a finite number > 0 (the global-norm clipping threshold)")
+    scales = dict(o.lr_scale)
+    _require(set(scales) == set(GROUPS), "optim.lr_scale", scales, f"one entry per group {GROUPS}")
+    for g, v in scales.items():
+        _require(_is_real(v) and v >= 0, f"optim.lr_scale.{g}", v, "a finite number >= 0")
+
+
+def _check_sample(c: ml_collections.ConfigDict) -> None:
+    s = c.sample
+    _int_at_least(c, "sample.every", 0, " (0 = never)")
+    _int_at_least(c, "sample.num", 1)
+    _int_at_least(c, "sample.steps", 1)
+    _require(s.method in SAMPLERS, "sample.method", s.method, f"one of {SAMPLERS}")
+    _require(c.model.name != "nfdm_ot" or s.method == "ode", "sample.method", s.method,
+             "'ode' for config.model.name='nfdm_ot' (its volatility is zero)")
+
+
+def _check_net_and_data(c: ml_collections.ConfigDict) -> None:
+    _require(c.net.dtype in DTYPES, "net.dtype", c.net.dtype, f"one of {DTYPES}")
+    for field in ("hidden", "time_embed_dim"):
+        _int_at_least(c, f"net.{field}", 1)
+    for field in ("channels", "depth", "forward_channels"):
+        v = c.net[field]
+        _require(v is None or (_is_int(v) and v >= 1), f"net.{field}", v,
+                 "an integer >= 1, or None for the preset's value")
+    _require(c.data.name in DATASETS, "data.name", c.data.name, f"one of {sorted(DATASETS)}")
+    _require(c.data.name == "toy2d" or c.net.preset in nets.PRESETS, "net.preset", c.net.preset,
+             f"one of {sorted(nets.PRESETS)}")
+    _int_at_least(c, "data.size", 1)
+    _int_at_least(c, "data.eval_size", 1)
+    _int_at_least(c, "mesh.model", 1)
+    _int_at_least(c, "mesh.shard_min_size", 0)
+
+
+def _check_devices(c: ml_collections.ConfigDict, devices: int, processes: int) -> None:
+    _require(devices % c.mesh.model == 0, "mesh.model", c.mesh.model,
+             f"a divisor of the {devices} devices")
+    data_axis = devices // c.mesh.model
+    for field in ("batch_size", "eval_batch_size"):
+        value = c.train[field] or c.train.batch_size
+        _require(value % data_axis == 0 and value % processes == 0, f"train.{field}", value,
+                 f"a multiple of the {data_axis} data-parallel devices ({devices} devices / "
+                 f"mesh.model={c.mesh.model}) and of the {processes} processes")
+
+
+def check_workdir(workdir: str, mode: str) -> None:
+    """A directory (or creatable one) this process may write; eval/sample need checkpoints."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode={mode!r} is invalid: one of {MODES}")
+    if not workdir:
+        raise ConfigError("--workdir is empty: pass a directory")
+    if "://" in workdir:  # Remote storage (gs://...): Orbax checks it when opening.
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir} is a file, not a directory: pass a directory")
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir={workdir} is not writable ({existing} is read-only or "
+                          f"not a directory): pass a writable directory")
+    if mode != "train" and not checkpoint_steps(workdir):
+        raise ConfigError(f"--workdir={workdir} holds no checkpoint to {mode} from "
+                          f"({os.path.join(workdir, 'checkpoints')}): train first")
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Step folders in ``workdir/checkpoints`` (without opening Orbax)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out |= _flat(v, f"{prefix}{k}.")
+        return out
+    return {prefix[:-1]: tree}
+
+
+def stored_config_differences(config: ml_collections.ConfigDict, stored: dict) -> list[str]:
+    """``"field (stored X, now Y)"`` for each model/net/data/seed field that differs."""
+    now = json.loads(config.to_json_best_effort(sort_keys=True))
+    now = _flat({k: now.get(k) for k in RESUME_FIXED})
+    old = _flat({k: stored.get(k) for k in RESUME_FIXED})
+    return [f"{k} (stored {old.get(k, 'absent')!r}, now {now.get(k, 'absent')!r})"
+            for k in sorted(set(now) | set(old))
+            if k not in RESUME_FREE and old.get(k) != now.get(k)]
+
+
+def check_stored_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A workdir with a ``config.json`` must be resumed with the same model and data."""
+    path = os.path.join(workdir, "config.json")
+    if "://" in workdir or not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); restore it or use a fresh --workdir")
+    diff = stored_config_differences(config, stored)
+    if diff:
+        raise ConfigError(f"--workdir={workdir} was trained with other model/data fields: "
+                          f"{'; '.join(diff)}. Use the stored values or a fresh --workdir")
+
+
+def check_data(config: ml_collections.ConfigDict, data: DatasetSpec) -> None:
+    """Every training field holds at least one global batch; the test split is not empty."""
+    for field, source in data.train.items():
+        _require(len(source) >= config.train.batch_size, "train.batch_size",
+                 config.train.batch_size,
+                 f"at most the {len(source)} training examples of {field!r}")
+    for field, source in data.eval.items():
+        if len(source) == 0:
+            raise ConfigError(f"the evaluation split of config.data.name={config.data.name!r} "
+                              f"({field!r}) is empty")
+
+
+def validate_run(config: ml_collections.ConfigDict, workdir: str, mode: str,
+                 devices: Optional[Sequence[jax.Device]] = None) -> DatasetSpec:
+    """Everything :mod:`experiments.run` checks before compiling; returns the opened datasets."""
+    check_workdir(workdir, mode)
+    check_config(config, devices)
+    check_stored_config(config, workdir)
+    data = make_datasets(config.data, config.seed)
+    check_data(config, data)
+    return data

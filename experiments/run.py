@@ -110,8 +110,10 @@ def execute(config, workdir: str, mode: str,
 def load_config():
     """The ``--config`` value; a missing file or bad override is a one-line error (exit 2)."""
     try:
-        return _CONFIG.value
-    except Exception as e:  # config_flags defers file errors to the first access.
+        config = _CONFIG.value
+        config.keys()  # config_flags defers file errors to the first use.
+        return config
+    except Exception as e:
         if _DEBUG.value:
             raise
         print(one_line(e), file=sys.stderr, flush=True)
@@ -125,7 +127,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     except Exception as e:
         if "--debug" in argv:
             raise
-        print(f"{one_line(e)} (see --helpfull)", file=sys.stderr, flush=True)
+        message = f"{one_line(e)} (see --helpfull)"
+        if isinstance(e, (AttributeError, KeyError)):  # a locked config's unknown field
+            key = str(e).strip("\"'")
+            given = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
+            message = (f"error: unknown config field {given[0] if given else key!r} (the "
+                       f"config is locked: check the spelling against experiments/common.py)")
+        print(message, file=sys.stderr, flush=True)
         sys.exit(2)
 
 

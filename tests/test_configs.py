@@ -59,7 +59,7 @@ def test_bad_configs_fail_before_compiling(tmp_path):
     cases = {  # flags -> text the error must contain
         ("--config=experiments/toy2d.py:tiny", "--config.train.bogus=3"): "bogus",
         ("--config=experiments/toy2d.py:tiny", "--config.train.batch_size=12"):
-            "batch_size=12 is not divisible by the 8",
+            "batch_size=12 is invalid: a multiple of the 8 data-parallel devices",
         ("--config=experiments/cifar10.py:tiny", f"--config.data.data_dir={tmp_path}/none"):
             "'cifar10'",
     }

@@ -1,0 +1,275 @@
+"""Failure and recovery: bad inputs stop ``experiments.run`` with one line before anything is
+compiled or written; nothing non-finite is saved; a checkpoint that does not verify is
+moved aside and the newest one that does is used; fingerprints are layout-independent."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from experiments import run
+from nfdm_jax.train import Checkpointer, checkpointing, loop
+from tests.test_train import toy_config as _toy_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILES: list[str] = []
+
+
+def _count_compile(event: str, *args, **kwargs) -> None:
+    if "compil" in event:
+        COMPILES.append(event)
+
+
+jax.monitoring.register_event_listener(_count_compile)
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+def toy_config(**overrides):
+    """The tiny toy config with ``{"a.b": value}`` overrides (top-level fields too)."""
+    top = {k: v for k, v in overrides.items() if "." not in k}
+    c = _toy_config(**{k: v for k, v in overrides.items() if "." in k})
+    with c.unlocked():
+        c.update(top)
+    return c
+
+
+def snapshot(root) -> dict | None:
+    """``{relative path: sha256}`` of every file and folder under ``root`` (None if absent)."""
+    if not os.path.exists(root):
+        return None
+    if not os.path.isdir(root):
+        return {".": hashlib.sha256(open(root, "rb").read()).hexdigest()}
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(d, name), root) + "/"] = "dir"
+        for name in files:
+            path = os.path.join(d, name)
+            out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+NINE = {"train.num_steps": 9, "train.checkpoint_every": 3, "train.eval_every": 0,
+        "train.log_every": 3}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir trained through ``experiments.run`` on 1 device: checkpoints 3, 6, 9."""
+    workdir = str(tmp_path_factory.mktemp("trained") / "w")
+    assert run.execute(toy_config(**NINE), workdir, "train", jax.devices()[:1]) == 0
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6", "9"]
+    return workdir
+
+
+def png_folder(root, bad: str) -> str:
+    """An AFHQ-like tree whose train/cat folder holds a good, plus a corrupt or truncated, PNG."""
+    from PIL import Image
+
+    buf = []
+    for split in ("train", "val"):
+        for animal in ("cat", "dog"):
+            folder = os.path.join(root, split, animal)
+            os.makedirs(folder)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.path.join(folder, "a.png"))
+    good = open(os.path.join(root, "train", "cat", "a.png"), "rb").read()
+    path = os.path.join(root, "train", "cat", "b.png")
+    with open(path, "wb") as f:
+        f.write(good[: len(good) // 2] if bad == "truncated" else b"\x89PNG not an image" * 9)
+    return root
+
+
+# (id, config overrides, mode, workdir kind, text the one-line error must contain)
+CASES = [
+    ("steps0", {"train.num_steps": 0}, "train", "new", "train.num_steps"),
+    ("steps_neg", {"train.num_steps": -5}, "train", "new", "train.num_steps"),
+    ("batch0", {"train.batch_size": 0}, "train", "new", "train.batch_size"),
+    ("batch_devices", {"train.batch_size": 12}, "train", "new", "8 data-parallel devices"),
+    ("batch_dataset", {"train.batch_size": 8192}, "train", "new", "4096 training examples"),
+    ("eval_batch_neg", {"train.eval_batch_size": -1}, "train", "new", "train.eval_batch_size"),
+    ("eval_batch_devices", {"train.eval_batch_size": 4}, "train", "new", "train.eval_batch_size"),
+    ("dispatch_multiple", {"train.steps_per_dispatch": 4}, "train", "new", "steps_per_dispatch=4"),
+    ("dispatch0", {"train.steps_per_dispatch": 0}, "train", "new", "train.steps_per_dispatch"),
+    ("keep0", {"train.max_to_keep": 0}, "train", "trained", "train.max_to_keep"),
+    ("keep_neg", {"train.max_to_keep": -1}, "train", "trained", "train.max_to_keep"),
+    ("ckpt_every", {"train.checkpoint_every": -1}, "train", "new", "train.checkpoint_every"),
+    ("log_every", {"train.log_every": -1}, "train", "new", "train.log_every"),
+    ("t_samples", {"train.eval_t_samples": 0}, "train", "new", "train.eval_t_samples"),
+    ("seed", {"seed": -1}, "train", "new", "config.seed"),
+    ("sampler", {"sample.method": "euler"}, "train", "new", "sample.method"),
+    ("sampler_eval", {"sample.method": "euler"}, "sample", "trained", "sample.method"),
+    ("sample_num", {"sample.num": 0}, "train", "new", "sample.num"),
+    ("sample_steps", {"sample.steps": 0}, "train", "new", "sample.steps"),
+    ("mesh3", {"mesh.model": 3}, "train", "new", "mesh.model"),
+    ("mesh0", {"mesh.model": 0}, "train", "new", "mesh.model"),
+    ("lr0", {"optim.lr": 0.0}, "train", "new", "optim.lr"),
+    ("lr_nan", {"optim.lr": float("nan")}, "train", "new", "optim.lr"),
+    ("schedule", {"optim.schedule": "cosine"}, "train", "new", "optim.schedule"),
+    ("warmup", {"optim.warmup_steps": -1}, "train", "new", "optim.warmup_steps"),
+    ("b2", {"optim.b2": 1.0}, "train", "new", "optim.b2"),
+    ("clip0", {"optim.clip_norm": 0.0}, "train", "new", "optim.clip_norm"),
+    ("ema", {"optim.ema_decay": 1.5}, "train", "new", "optim.ema_decay"),
+    ("delta0", {"model.delta": 0.0}, "train", "trained", "model.delta"),
+    ("model_name", {"model.name": "nope"}, "train", "new", "model.name"),
+    ("dataset", {"data.name": "mnist"}, "train", "new", "data.name"),
+    ("dtype", {"net.dtype": "float16"}, "train", "new", "net.dtype"),
+    ("resume_hidden", {"net.hidden": 48}, "train", "trained", "net.hidden"),
+    ("resume_target", {"data.target": "checkerboard"}, "train", "trained", "data.target"),
+    ("eval_other_model", {"model.delta": 0.02}, "eval", "trained", "model.delta"),
+    ("eval_no_ckpt", {}, "eval", "new", "no checkpoint"),
+    ("sample_no_ckpt", {}, "sample", "new", "no checkpoint"),
+    ("workdir_file", {}, "train", "file", "is a file"),
+    ("config_json", {}, "train", "bad_json", "config.json"),
+    ("png_corrupt", {}, "train", "corrupt_png", "b.png"),
+    ("png_truncated", {}, "train", "truncated_png", "b.png"),
+    ("image_dir", {}, "train", "no_images", "image folder"),
+]
+
+
+def _workdir(kind: str, trained: str, tmp_path) -> tuple[str, dict]:
+    """(workdir, extra config overrides) for a case's workdir kind."""
+    if kind == "trained":
+        return trained, dict(NINE)
+    path = str(tmp_path / "w")
+    if kind == "file":
+        open(path, "w").write("not a directory")
+    elif kind == "bad_json":
+        os.makedirs(path)
+        open(os.path.join(path, "config.json"), "w").write("{truncated")
+    elif kind in ("corrupt_png", "truncated_png", "no_images"):
+        root = str(tmp_path / "afhq")
+        if kind != "no_images":
+            png_folder(root, kind.split("_")[0])
+        return path, {"data.name": "afhq64", "data.data_dir": root, "data.target": "cat",
+                      "data.source": "dog", "data.convention": "discrete",
+                      "model.name": "nfbm", "model.volatility_base": "delta_matched",
+                      "net.preset": "tiny"}
+    return path, {}
+
+
+def test_table_has_enough_cases():
+    assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name,overrides,mode,kind,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_before_compiling(name, overrides, mode, kind, expected, trained,
+                                                tmp_path, capsys):
+    workdir, extra = _workdir(kind, trained, tmp_path)
+    config = toy_config(**{**extra, **overrides})
+    before = snapshot(workdir)
+    capsys.readouterr()
+    COMPILES.clear()
+    status = run.execute(config, workdir, mode, jax.devices())
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 1, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+    assert "Traceback" not in err
+    assert not COMPILES, COMPILES  # failed before anything was compiled
+    assert snapshot(workdir) == before  # and before anything was written
+
+
+def test_flag_errors_are_one_line(tmp_path):
+    """What absl parses (config file, override keys) is checked in a subprocess each."""
+    cases = {  # flags -> text the error must contain
+        ("--config=experiments/nope.py",): "experiments/nope.py",
+        ("--config=experiments/toy2d.py:tiny", "--config.train.bogus=3"): "bogus",
+        ("--config=experiments/toy2d.py:tiny", "--mode=serve"): "--mode",
+    }
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="")
+    procs = {args: subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", f"--workdir={tmp_path}/{i}", *args], cwd=REPO,
+        env=env, stderr=subprocess.PIPE, text=True) for i, args in enumerate(cases)}
+    for args, proc in procs.items():
+        err = proc.communicate(timeout=120)[1]
+        lines = [line for line in err.splitlines() if line.startswith("error")]
+        assert proc.returncode == 2, (args, err[-2000:])
+        assert len(lines) == 1 and cases[args] in lines[0], (args, err[-2000:])
+        assert "Traceback" not in err and not os.path.exists(tmp_path / str(0))
+
+
+def test_fingerprint_is_layout_independent_and_sensitive():
+    x = jnp.arange(64 * 8, dtype=jnp.float32).reshape(64, 8) / 7
+    tree = {"w": x, "n": jnp.arange(8, dtype=jnp.int32), "b": jnp.ones(3, jnp.bfloat16)}
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+    sharded = dict(tree, w=jax.device_put(x, NamedSharding(mesh, P("data", "model"))))
+    finite, digests = checkpointing.summarise(tree)
+    assert finite and digests == checkpointing.summarise(sharded)[1]
+    one_bit = x.at[17, 3].set(jax.lax.bitcast_convert_type(
+        jax.lax.bitcast_convert_type(x[17, 3], jnp.uint32) ^ 1, jnp.float32))
+    swapped = x.at[0, 0].set(x[0, 1]).at[0, 1].set(x[0, 0])  # same values, other places
+    for changed in (one_bit, swapped):
+        assert checkpointing.summarise(dict(tree, w=changed))[1]["['w']"] != digests["['w']"]
+    assert not checkpointing.summarise(dict(tree, w=x.at[5, 5].set(jnp.inf)))[0]
+
+
+def test_non_finite_state_is_never_saved(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), 3, async_save=False)
+    with pytest.raises(FloatingPointError, match="non-finite training state at step 5"):
+        ckpt.save(5, {"w": jnp.array([1.0, jnp.nan])}, {"step": 5})
+    assert ckpt.all_steps() == []
+    ckpt.save(6, {"w": jnp.array([1.0, 2.0])}, {"step": 6})
+    ckpt.close()
+    with pytest.raises(ValueError, match="max_to_keep"):
+        Checkpointer(str(tmp_path), 0)
+    assert os.listdir(tmp_path / "checkpoints") == ["6"]
+
+
+def _largest_data_file(step_dir: str) -> str:
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state"))
+             for f in fs if os.sep + "d" + os.sep in os.path.join(d, f) + os.sep]
+    return max(files, key=os.path.getsize)
+
+
+def corrupt(workdir: str, how: str) -> None:
+    step_dir = os.path.join(workdir, "checkpoints", "9")
+    if how == "manifest":
+        os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
+        return
+    path = _largest_data_file(step_dir)
+    data = bytearray(open(path, "rb").read())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated", "manifest"])
+def test_corrupt_newest_checkpoint_falls_back_and_is_kept(how, trained, tmp_path, caplog):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(trained, workdir)
+    corrupt(workdir, how)
+    before = snapshot(workdir)
+    config = toy_config(**NINE)
+    exp = loop.setup(config, jax.devices()[:1])
+    ckpt = Checkpointer(workdir, config.train.max_to_keep)
+    _, step = loop.restore_or_create(exp, ckpt)
+    ckpt.close()
+    assert step == 6
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "checkpoint step 9 skipped" in skipped[0], skipped
+    # Nothing deleted: the rejected step is byte-identical, only moved.
+    after = {k.replace("checkpoints_rejected/9", "checkpoints/9"): v
+             for k, v in snapshot(workdir).items() if k != "checkpoints_rejected/"}
+    assert after == before
+
+
+def test_training_falls_back_and_reproduces_the_rejected_step(trained, tmp_path):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(trained, workdir)
+    corrupt(workdir, "flipped")
+    assert run.execute(toy_config(**NINE), workdir, "train", jax.devices()[:1]) == 0
+    fingerprint = "9/fingerprint/metadata"
+    redone = json.load(open(os.path.join(workdir, "checkpoints", fingerprint)))
+    original = json.load(open(os.path.join(trained, "checkpoints", fingerprint)))
+    assert redone == original  # steps 7-9 retrained from 6, bit for bit
+    assert os.path.exists(os.path.join(workdir, "checkpoints_rejected", fingerprint))

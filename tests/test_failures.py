@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -273,3 +274,95 @@ def test_training_falls_back_and_reproduces_the_rejected_step(trained, tmp_path)
     original = json.load(open(os.path.join(trained, "checkpoints", fingerprint)))
     assert redone == original  # steps 7-9 retrained from 6, bit for bit
     assert os.path.exists(os.path.join(workdir, "checkpoints_rejected", fingerprint))
+
+
+# --------------------------------------------------------------------------- SIGKILL faults
+
+FAULT_STEPS = 48
+FAULT_FLAGS = ["--config=experiments/toy2d.py:tiny", f"--config.train.num_steps={FAULT_STEPS}",
+               "--config.train.checkpoint_every=4", "--config.train.log_every=2",
+               "--config.train.eval_every=0", "--config.train.max_to_keep=3"]
+
+
+def launch(workdir: str, log: str) -> subprocess.Popen:
+    """``experiments.run`` training on one CPU device, stderr to ``log``."""
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "experiments.run", f"--workdir={workdir}",
+                                 *FAULT_FLAGS], cwd=REPO, stderr=f, stdout=subprocess.DEVNULL,
+                                env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=""))
+
+
+def _tmp_folders(workdir: str) -> set[str]:
+    try:
+        return {n for n in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in n}
+    except FileNotFoundError:
+        return set()
+
+
+def kill_during_save(proc: subprocess.Popen, workdir: str, nth: int) -> bool:
+    """SIGKILL as soon as the ``nth`` asynchronous save of this run is being written;
+    True if the kill left that save unfinished (its temporary folder remains)."""
+    seen = _tmp_folders(workdir)
+    new: set[str] = set()
+    while proc.poll() is None:
+        now = _tmp_folders(workdir) - seen
+        if len(new | now) >= nth:
+            proc.kill()
+            proc.wait()
+            return bool(now & _tmp_folders(workdir))
+        new |= now
+        time.sleep(0.002)
+    return False
+
+
+def kill_at_random(proc: subprocess.Popen, log: str, delay: float) -> None:
+    """SIGKILL ``delay`` seconds after the first training line of this run."""
+    while proc.poll() is None and "[train] step" not in open(log).read():
+        time.sleep(0.05)
+    time_left = delay
+    while proc.poll() is None and time_left > 0:
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            time_left -= 0.05
+    proc.kill()
+    proc.wait()
+
+
+def restore_numpy(step_dir: str) -> list[np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as c:
+        return [np.asarray(x) for x in jax.tree.leaves(c.restore(os.path.join(step_dir, "state")))]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_resumes_bit_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    reference, faulty = str(tmp_path / "reference"), str(tmp_path / "faulty")
+    assert launch(reference, str(tmp_path / "reference.log")).wait(timeout=300) == 0
+
+    interrupted_saves, kills, logs = 0, 0, []
+    for trial in range(6):
+        log = str(tmp_path / f"faulty{trial}.log")
+        proc = launch(faulty, log)
+        if trial % 2 == 0:
+            interrupted_saves += kill_during_save(proc, faulty, nth=int(rng.integers(1, 4)))
+        else:
+            kill_at_random(proc, log, float(rng.uniform(0.0, 1.5)))
+        logs.append(open(log).read())
+        assert proc.returncode in (0, -9), logs[-1][-3000:]
+        kills += proc.returncode == -9
+    final = launch(faulty, str(tmp_path / "final.log"))
+    assert final.wait(timeout=300) == 0, open(tmp_path / "final.log").read()[-3000:]
+
+    assert kills >= 4 and interrupted_saves >= 1  # one kill at least inside an async save
+    assert any("Resumed from" in text for text in logs[1:])
+    assert not os.path.exists(os.path.join(faulty, "checkpoints_rejected"))
+    step = os.path.join("checkpoints", str(FAULT_STEPS))
+    fingerprints = [json.load(open(os.path.join(w, step, "fingerprint", "metadata")))
+                    for w in (reference, faulty)]
+    assert fingerprints[0] == fingerprints[1]
+    for a, b in zip(restore_numpy(os.path.join(reference, step)),
+                    restore_numpy(os.path.join(faulty, step))):
+        np.testing.assert_array_equal(a, b)

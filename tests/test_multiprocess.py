@@ -1,12 +1,17 @@
 """Two processes × 2 fake CPU devices joined by ``jax.distributed`` (gloo collectives):
-train, save, resume; both processes hold the same parameters; their data rows are disjoint."""
+train, save, resume; both processes hold the same parameters; their data rows are disjoint;
+a SIGTERM to one process makes both save the same step (JAX's pre-emption sync)."""
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,3 +78,29 @@ def test_two_processes_train_save_resume_agree(tmp_path):
     assert [r["step"] for r in second] == [6, 6]
     assert second[0]["digest"] == second[1]["digest"]
     assert not np.isclose(second[0]["digest"], first[0]["digest"])
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_host_saves_the_same_step_on_both(tmp_path):
+    """JAX's pre-emption service: SIGTERM to process 1 only; both stop at one agreed step."""
+    address = f"localhost:{free_port()}"
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    logs = [str(tmp_path / f"{pid}.log") for pid in range(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", "--config=experiments/toy2d.py:tiny",
+         "--config.train.num_steps=100000", "--config.train.log_every=50",
+         "--config.train.checkpoint_every=100000", "--config.train.eval_every=0",
+         f"--workdir={tmp_path / 'w'}", f"--coordinator_address={address}",
+         "--num_processes=2", f"--process_id={pid}", "--cpu_collectives=gloo"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(logs[pid], "w"))
+        for pid in range(2)]
+    deadline = time.time() + 240
+    while "[train] step" not in open(logs[0]).read():
+        assert time.time() < deadline and procs[0].poll() is None, open(logs[0]).read()[-3000:]
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    for proc, log in zip(procs, logs):
+        assert proc.wait(timeout=240) == 0, open(log).read()[-3000:]
+    saved = [re.findall(r"SIGTERM: saving step (\d+)", open(log).read()) for log in logs]
+    assert len(saved[0]) == 1 and saved[0] == saved[1], saved
+    assert os.listdir(tmp_path / "w" / "checkpoints") == saved[0]

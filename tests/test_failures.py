@@ -16,7 +16,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import run
-from nfdm_jax.train import Checkpointer, checkpointing, loop
+from nfdm_jax.train import Checkpointer, checkpointing, loop, validation
+from nfdm_jax.train.preemption import Preemption
 from tests.test_train import toy_config as _toy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,12 +122,14 @@ CASES = [
     ("model_name", {"model.name": "nope"}, "train", "new", "model.name"),
     ("dataset", {"data.name": "mnist"}, "train", "new", "data.name"),
     ("dtype", {"net.dtype": "float16"}, "train", "new", "net.dtype"),
-    ("resume_hidden", {"net.hidden": 48}, "train", "trained", "net.hidden"),
+    ("resume_two_fields", {"net.hidden": 48, "model.delta": 0.02}, "train", "trained",
+     ("net.hidden (stored 32, now 48)", "model.delta (stored 0.01, now 0.02)")),
     ("resume_target", {"data.target": "checkerboard"}, "train", "trained", "data.target"),
     ("eval_other_model", {"model.delta": 0.02}, "eval", "trained", "model.delta"),
     ("eval_no_ckpt", {}, "eval", "new", "no checkpoint"),
     ("sample_no_ckpt", {}, "sample", "new", "no checkpoint"),
     ("workdir_file", {}, "train", "file", "is a file"),
+    ("workdir_readonly", {}, "train", "readonly", "not writable"),
     ("config_json", {}, "train", "bad_json", "config.json"),
     ("png_corrupt", {}, "train", "corrupt_png", "b.png"),
     ("png_truncated", {}, "train", "truncated_png", "b.png"),
@@ -141,6 +144,11 @@ def _workdir(kind: str, trained: str, tmp_path) -> tuple[str, dict]:
     path = str(tmp_path / "w")
     if kind == "file":
         open(path, "w").write("not a directory")
+    elif kind == "readonly":
+        if os.geteuid() == 0:
+            pytest.skip("root may write to a read-only folder (a read-only mount is needed)")
+        os.makedirs(path)
+        os.chmod(path, 0o555)
     elif kind == "bad_json":
         os.makedirs(path)
         open(os.path.join(path, "config.json"), "w").write("{truncated")
@@ -159,6 +167,11 @@ def test_table_has_enough_cases():
     assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
 
 
+def test_batch_must_split_over_processes():
+    with pytest.raises(validation.ConfigError, match="train.batch_size=8 .* of the 3 processes"):
+        validation.check_config(toy_config(), jax.devices()[:1], process_count=3)
+
+
 @pytest.mark.parametrize("name,overrides,mode,kind,expected", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_before_compiling(name, overrides, mode, kind, expected, trained,
                                                 tmp_path, capsys):
@@ -171,7 +184,9 @@ def test_bad_input_is_one_line_before_compiling(name, overrides, mode, kind, exp
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert status == 1, err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+    expected = (expected,) if isinstance(expected, str) else expected
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(text in lines[0] for text in expected), err
     assert "Traceback" not in err
     assert not COMPILES, COMPILES  # failed before anything was compiled
     assert snapshot(workdir) == before  # and before anything was written
@@ -231,6 +246,11 @@ def _largest_data_file(step_dir: str) -> str:
 
 def corrupt(workdir: str, how: str) -> None:
     step_dir = os.path.join(workdir, "checkpoints", "9")
+    if how == "data_state":  # the iterator state of another step
+        path = os.path.join(step_dir, "data", "metadata")
+        state = json.load(open(path))
+        json.dump(dict(state, step=8), open(path, "w"))
+        return
     if how == "manifest":
         os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
         return
@@ -244,7 +264,7 @@ def corrupt(workdir: str, how: str) -> None:
     open(path, "wb").write(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["flipped", "truncated", "manifest"])
+@pytest.mark.parametrize("how", ["flipped", "truncated", "manifest", "data_state"])
 def test_corrupt_newest_checkpoint_falls_back_and_is_kept(how, trained, tmp_path, caplog):
     workdir = str(tmp_path / "w")
     shutil.copytree(trained, workdir)
@@ -274,6 +294,26 @@ def test_training_falls_back_and_reproduces_the_rejected_step(trained, tmp_path)
     original = json.load(open(os.path.join(trained, "checkpoints", fingerprint)))
     assert redone == original  # steps 7-9 retrained from 6, bit for bit
     assert os.path.exists(os.path.join(workdir, "checkpoints_rejected", fingerprint))
+
+
+def test_preemption_save_of_non_finite_state_fails(tmp_path, monkeypatch, capsys):
+    """Defect: a SIGTERM save skipped the NaN check, exited 0 and was resumed from."""
+    monkeypatch.setattr(Preemption, "should_stop", lambda self, dispatch, synced: dispatch == 4)
+    config = toy_config(**{"optim.lr": 1e30, "optim.clip_norm": 1e30, "optim.warmup_steps": 0,
+                           "train.num_steps": 1000, "train.log_every": 0,
+                           "train.checkpoint_every": 0, "train.eval_every": 0})
+    workdir = str(tmp_path / "w")
+    assert run.execute(config, workdir, "train", jax.devices()[:1]) == 1
+    assert "non-finite training state at step 5; not saved" in capsys.readouterr().err
+    assert validation.checkpoint_steps(workdir) == []
+
+
+def test_sample_with_overrides_leaves_config_json(trained, capsys):
+    before = open(os.path.join(trained, "config.json"), "rb").read()
+    config = toy_config(**{**NINE, "sample.steps": 2, "sample.num": 16, "optim.lr": 0.5})
+    assert run.execute(config, trained, "sample", jax.devices()[:1]) == 0
+    assert capsys.readouterr().out.strip().endswith("samples/9.npz")
+    assert open(os.path.join(trained, "config.json"), "rb").read() == before
 
 
 # --------------------------------------------------------------------------- SIGKILL faults

@@ -155,7 +155,7 @@ class Checkpointer:
             self.wait()
             raise FloatingPointError(
                 f"non-finite training state at step {step}; not saved. Last good checkpoint: "
-                f"{self.latest_step()} in {self.directory} (lower config.optim.lr or "
+                f"{self.latest_step() or 'none'} in {self.directory} (lower config.optim.lr or "
                 f"config.optim.clip_norm)")
         fingerprint = {"version": FINGERPRINT_VERSION, "leaves": leaves,
                        "data": data_digest(data_state)}

@@ -201,7 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     ckpt.wait()
                     raise FloatingPointError(
                         f"non-finite metrics at step {step}: {means}. Last good checkpoint: "
-                        f"{ckpt.latest_step()} in {ckpt.directory}")
+                        f"{ckpt.latest_step() or 'none'} in {ckpt.directory}")
                 now = time.perf_counter()
                 means["step_time"] = (now - last_time) / (step - last_step)
                 means["examples_per_sec"] = t.batch_size / means["step_time"]

@@ -18,8 +18,8 @@ Flags:
 Before anything is compiled or written, :func:`nfdm_jax.train.validation.validate_run`
 checks every field, the workdir, the datasets and (on resume) the stored ``config.json``.
 A bad input ends the run with one line ``error: ...`` on stderr naming the field or file,
-exit status 1 (2 for unparsable flags), and an untouched workdir. Only training (after
-those checks) writes ``config.json``.
+exit status 1 (2 for unparsable flags), and an untouched workdir. Only training writes
+``config.json``, once its checkpoint (if any) has been restored.
 """
 from __future__ import annotations
 
@@ -61,18 +61,6 @@ def init_distributed() -> None:
         jax.distributed.initialize()
 
 
-def write_config(config, workdir: str) -> None:
-    """The resolved config as JSON in the workdir (process 0), for the record and for
-    checking resumes (:func:`validation.check_stored_config`). Training only, after every
-    check passed; written to a temporary file and renamed, so it is never half-written."""
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "config.json")
-        with open(path + ".tmp", "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        os.replace(path + ".tmp", path)
-
-
 # Errors caused by what the user passed (or by the files they point to): one line, no
 # traceback. OSError covers unwritable or full disks met while running.
 USER_ERRORS = (ValueError, DatasetNotFoundError, CheckpointError, FloatingPointError, OSError)
@@ -93,7 +81,6 @@ def execute(config, workdir: str, mode: str,
     try:
         data = validation.validate_run(config, workdir, mode, devices)
         if mode == "train":
-            write_config(config, workdir)
             loop.train(config, workdir, devices, data)
         elif mode == "eval":
             print(json.dumps(loop.run_eval(config, workdir, data), sort_keys=True))

@@ -254,6 +254,9 @@ def corrupt(workdir: str, how: str) -> None:
     if how == "manifest":
         os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
         return
+    if how == "no_fingerprint":
+        shutil.rmtree(os.path.join(step_dir, "fingerprint"))
+        return
     path = _largest_data_file(step_dir)
     data = bytearray(open(path, "rb").read())
     if how == "truncated":
@@ -264,7 +267,8 @@ def corrupt(workdir: str, how: str) -> None:
     open(path, "wb").write(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["flipped", "truncated", "manifest", "data_state"])
+@pytest.mark.parametrize("how", ["flipped", "truncated", "manifest", "no_fingerprint",
+                                 "data_state"])
 def test_corrupt_newest_checkpoint_falls_back_and_is_kept(how, trained, tmp_path, caplog):
     workdir = str(tmp_path / "w")
     shutil.copytree(trained, workdir)

@@ -223,10 +223,13 @@ class Checkpointer:
     def _check_structure(self, step: int, target: Any, path: str) -> None:
         """A different tree or shapes means another config (stop), not corruption."""
         try:
-            meta = self.manager.item_metadata(step)["state"]
-            if meta is None:
+            items = self.manager.item_metadata(step)
+            if "fingerprint" not in items.keys():  # (JSON items' metadata is None: test keys)
+                raise FileNotFoundError("no fingerprint (written before checkpoints were "
+                                        "verified, or deleted)")
+            if items["state"] is None:
                 raise FileNotFoundError("no state metadata")
-            saved = _shapes(meta)
+            saved = _shapes(items["state"])
         except Exception as e:
             raise CorruptCheckpoint(f"metadata unreadable ({type(e).__name__}: "
                                     f"{_first_line(e)})") from e

@@ -115,8 +115,11 @@ def restore_or_create(exp: Experiment, ckpt: Checkpointer) -> tuple[TrainState, 
 
 def check_data_state(config: ml_collections.ConfigDict, step: int, data_state: Any) -> None:
     """The data-iterator state saved with checkpoint ``step`` must belong to it (else the
-    checkpoint is corrupt) and to ``config.seed`` (else the config is wrong)."""
-    if not isinstance(data_state, dict) or data_state.get("step", step) != step:
+    checkpoint is corrupt) and to ``config.seed`` (else the config is wrong). Only the
+    ``step`` and ``seed`` entries, where the iterator's state has them, are looked at."""
+    if not isinstance(data_state, dict):
+        return
+    if data_state.get("step", step) != step:
         raise CorruptCheckpoint(f"its data-iterator state {data_state} is not at step {step}")
     if data_state.get("seed", config.seed) != config.seed:
         raise CheckpointError(f"checkpoint {step} was trained with seed {data_state['seed']}, "
@@ -158,6 +161,17 @@ def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
     return path
 
 
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The resolved config as ``workdir/config.json`` (process 0), for the record and for
+    checking resumes (:func:`validation.check_stored_config`). Written to a temporary file
+    and renamed, so that it is never half-written."""
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, "config.json")
+        with open(path + ".tmp", "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        os.replace(path + ".tmp", path)
+
+
 def _crossed(prev: int, now: int, every: int) -> bool:
     return every > 0 and now // every > prev // every
 
@@ -175,6 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     t = config.train
     ckpt = Checkpointer(workdir, t.max_to_keep, t.async_checkpointing)
     state, step = restore_or_create(exp, ckpt)
+    write_config(config, workdir)  # only now: every check passed and the state restored
     batches = BatchIterator(exp.data.train, t.batch_size, exp.mesh, config.seed,
                             start_step=step, steps_per_dispatch=t.steps_per_dispatch)
     train_step = steps.jit_train_step(

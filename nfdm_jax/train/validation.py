@@ -133,16 +133,20 @@ def _check_sample(c: ml_collections.ConfigDict) -> None:
 
 
 def _check_net_and_data(c: ml_collections.ConfigDict) -> None:
-    _require(c.net.dtype in DTYPES, "net.dtype", c.net.dtype, f"one of {DTYPES}")
-    for field in ("hidden", "time_embed_dim"):
-        _int_at_least(c, f"net.{field}", 1)
-    for field in ("channels", "depth", "forward_channels"):
-        v = c.net[field]
-        _require(v is None or (_is_int(v) and v >= 1), f"net.{field}", v,
-                 "an integer >= 1, or None for the preset's value")
+    # Generic network fields only (models.validate owns the model's rules); each is checked
+    # where the schema has it, so that networks may add or drop fields.
+    n = c.net
+    if "dtype" in n:
+        _require(n.dtype in DTYPES, "net.dtype", n.dtype, f"one of {DTYPES}")
+    for field in ("hidden", "time_embed_dim", "channels", "depth", "forward_channels"):
+        if field in n:
+            v = n[field]
+            _require(v is None or (_is_int(v) and v >= 1), f"net.{field}", v,
+                     "an integer >= 1 (None: the preset's value)")
     _require(c.data.name in DATASETS, "data.name", c.data.name, f"one of {sorted(DATASETS)}")
-    _require(c.data.name == "toy2d" or c.net.preset in nets.PRESETS, "net.preset", c.net.preset,
-             f"one of {sorted(nets.PRESETS)}")
+    if "preset" in c.net and c.data.name != "toy2d":
+        _require(c.net.preset in nets.PRESETS, "net.preset", c.net.preset,
+                 f"one of {sorted(nets.PRESETS)}")
     _int_at_least(c, "data.size", 1)
     _int_at_least(c, "data.eval_size", 1)
     _int_at_least(c, "mesh.model", 1)

@@ -19,9 +19,11 @@ Integrity, in three rules:
   older one is tried. A checkpoint written by a *different config* (other tree or shapes)
   is not corrupt: that stops the run with :class:`CheckpointError` and moves nothing.
 
-The fingerprint of a leaf is two 32-bit sums of a mixing hash of (bit pattern, flat
-index) over all elements: integer sums wrap exactly and in any order, so the value is
-the same however the array is sharded, on any number of devices and hosts.
+The fingerprint of a leaf is two 32-bit sums over its elements' bit patterns (one with
+odd weights per flat index, one of a mixing hash of bits and index) and its size. Orbax
+itself checksums only the index of zarr3 shards, not the data. Integer sums wrap exactly
+and in any order, so the fingerprint is the same however the array is sharded, on any
+number of devices and hosts.
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ from typing import Callable
 
 import jax
 import numpy as np
-from jax._src import distributed
 from jax.experimental import multihost_utils
 
 
@@ -32,8 +31,9 @@ class Preemption:
 
     def __init__(self, reached_sync_point: Callable[[int], bool]):
         self._reached = reached_sync_point
-        self._service = (jax.process_count() > 1
-                         and distributed.global_state.preemption_sync_manager is not None)
+        # jax.distributed.initialize starts the service unless this option turns it off.
+        self._service = (jax.process_count() > 1 and jax.distributed.is_initialized()
+                         and jax.config.jax_enable_preemption_service)
         self._event = threading.Event()
         self._previous = None
         if not self._service:

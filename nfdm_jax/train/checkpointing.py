@@ -197,15 +197,19 @@ class Checkpointer:
         """
         rejected = []
         for step in reversed(self.all_steps()):
+            reason = None
             try:
                 state, data = self.restore(step, target)
                 if check_data is not None:
                     check_data(step, data)
-                return step, state, data
             except CorruptCheckpoint as e:
-                moved = self._move_aside(step)
-                logging.warning("checkpoint step %d skipped: %s; moved to %s", step, e, moved)
-                rejected.append(step)
+                reason = str(e)
+            reason = _agree(reason)
+            if reason is None:
+                return step, state, data
+            moved = self._move_aside(step)
+            logging.warning("checkpoint step %d skipped: %s; moved to %s", step, reason, moved)
+            rejected.append(step)
         if rejected:
             raise CheckpointError(
                 f"no checkpoint in {self.directory} verifies (steps {rejected} moved to "
@@ -257,6 +261,16 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"nfdm_reject_{step}")
         self.manager.reload()
         return str(dest)
+
+
+def _agree(reason: Optional[str]) -> Optional[str]:
+    """Several processes: a checkpoint one of them cannot verify is rejected by all."""
+    if jax.process_count() == 1:
+        return reason
+    failed = multihost_utils.process_allgather(np.int32(reason is not None))
+    if reason is None and np.max(failed):
+        return "unreadable or not matching on another process"
+    return reason
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -125,8 +125,18 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _quiet_orbax(record) -> bool:
-    # Orbax logs several INFO lines per checkpoint; keep its warnings and errors only.
-    return record.levelno > 20 or "/orbax/" not in record.pathname
+    """Log filter: Orbax's INFO lines go (several per checkpoint); its warnings and errors
+    stay, without tracebacks unless --debug. A failed asynchronous save (a full disk)
+    also leaves asyncio tasks whose tracebacks asyncio logs; the same error ends the run
+    as one ``error:`` line."""
+    if record.getMessage().startswith("Task exception was never retrieved"):
+        return _DEBUG.value
+    if "/orbax/" in record.pathname:
+        if record.levelno <= 20:
+            return False
+        if not _DEBUG.value:
+            record.exc_info, record.exc_text = None, None
+    return True
 
 
 def main(argv: list[str]) -> None:

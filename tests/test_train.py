@@ -19,9 +19,10 @@ from nfdm_jax.train import CheckpointError, Checkpointer, loop, sharding, step a
 # Adam divides each gradient by its own running RMS, so a weight whose gradient is pure
 # reduction-order noise (the volatility net's first layer, behind a zero-initialised output
 # layer) still moves by ~lr, in a direction set by the device layout's summation order:
-# hence atol 5e-5 (5 % of one step), not 1e-5.
+# hence atol 2e-4 (20 % of one step), not 1e-5; how far such a weight drifts depends on the
+# batches (with grain's shuffle order it reaches 1.0e-4 on the 4×2 mesh).
 # A real sharding bug (wrong averaging, a dropped shard) changes every parameter by O(lr).
-RTOL, ATOL = 1e-4, 5e-5
+RTOL, ATOL = 1e-4, 2e-4
 
 
 def toy_config(**overrides):

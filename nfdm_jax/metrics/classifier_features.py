@@ -1,11 +1,16 @@
 """An offline Fréchet distance for small images: the feature space of a tiny classifier.
 
 FID needs Inception weights that cannot always be fetched. For the 8×8 digits, a small
-MLP classifier (64 → 128 → 32 → 10, tanh) trained on the training split gives a 32-d
+MLP classifier (64 → 128 → 32 → 10, ReLU) trained on the training split gives a 32-d
 feature space (its last hidden layer) in which the Fréchet distance between generated and
 test images plays FID's role. It trains full-batch with Adam in a few seconds on a CPU,
 is cached as an ``.npz``, and reports its test accuracy so that the feature space can be
 trusted. Standard errors of the distance come from a bootstrap over both feature sets.
+
+Why ReLU: with tanh features the distance barely moved for real digits plus N(0, 80²) pixel
+noise (1.5× the train-vs-test floor); with ReLU features that is 5×, blurred digits 9×,
+pixel-shuffled digits 29× and uniform noise 53× the floor (measured once, 1000 images
+against the 297 test images).
 Pure JAX + optax (no Flax).
 """
 from __future__ import annotations
@@ -43,7 +48,7 @@ def _forward(params: Params, x: Array) -> tuple[Array, Array]:
     """(features of the last hidden layer ``[N, 32]``, logits ``[N, 10]``)."""
     h = x
     for layer in params[:-1]:
-        h = jnp.tanh(h @ layer["w"] + layer["b"])
+        h = jax.nn.relu(h @ layer["w"] + layer["b"])
     return h, h @ params[-1]["w"] + params[-1]["b"]
 
 
@@ -56,7 +61,7 @@ def train(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.nd
           test_labels: np.ndarray, seed: int = 0, steps: int = 500) -> Classifier:
     """Full-batch Adam on softmax cross-entropy with a little weight decay (seconds)."""
     keys = jax.random.split(jax.random.PRNGKey(seed), len(SIZES) - 1)
-    params = [{"w": jax.random.normal(k, (a, b)) / math.sqrt(a), "b": jnp.zeros((b,))}
+    params = [{"w": jax.random.normal(k, (a, b)) / math.sqrt(a), "b": jnp.zeros((1, b))}
               for k, a, b in zip(keys, SIZES[:-1], SIZES[1:])]
     x, y = _inputs(train_images), jnp.asarray(train_labels)
     opt = optax.adamw(3e-3, weight_decay=1e-3)

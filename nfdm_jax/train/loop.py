@@ -114,6 +114,14 @@ def honest_names(model: Model, metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def honest_terms(model: Model, result: evaluation.Evaluation) -> evaluation.Evaluation:
+    """:func:`honest_names` applied to an evaluation's terms."""
+    named = honest_names(model, {k: v.mean for k, v in result.terms.items()})
+    ses = honest_names(model, {k + "_stderr": v.se for k, v in result.terms.items()})
+    terms = {k: evaluation.MeanSE(v, ses[k + "_stderr"]) for k, v in named.items()}
+    return dataclasses.replace(result, terms=terms)
+
+
 def evaluate(exp: Experiment, params: Any) -> evaluation.Evaluation:
     """Every objective term on the eval split, mean ± standard error (one ordered, padded
     pass; ``config.train.eval_t_samples`` t-samples per example; names from the model)."""
@@ -127,7 +135,7 @@ def evaluate(exp: Experiment, params: Any) -> evaluation.Evaluation:
 
 def eval_metrics(exp: Experiment, params: Any) -> dict[str, float]:
     """:func:`evaluate` as ``{term: mean, term_stderr: se}`` with honest names."""
-    return honest_names(exp.model, evaluate(exp, params).means())
+    return honest_terms(exp.model, evaluate(exp, params)).means()
 
 
 def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
@@ -189,7 +197,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     first = next(batches)
     with CompileTimer(workdir, "the train step"):
         train_step = train_step.lower(state, first).compile()
-    progress = Progress("train", t.num_steps, start=step, every_secs=0)
+    progress = Progress("train", t.num_steps, start=step)
     last_time, last_step = time.perf_counter(), step
     try:
         while step < t.num_steps:
@@ -235,7 +243,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         ckpt.close()
         writer.close()
     info("%s", summary("train", step, time.perf_counter() - t0, final_metrics,
-                       _outputs(workdir, ckpt.directory, step, config.sample.every > 0)))
+                       _outputs(workdir, ckpt.directory, step, config.sample.every > 0),
+                       rate=progress.rate()))
     return state
 
 
@@ -280,17 +289,16 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     t0 = time.perf_counter()
 
     def run(exp: Experiment, params: Any, step: int) -> dict[str, float]:
-        result = evaluate(exp, params)
-        metrics = honest_names(exp.model, result.means())
-        metrics |= quality.sample_quality(exp, params, workdir)
+        result = honest_terms(exp.model, evaluate(exp, params))
+        sample_quality = quality.sample_quality(exp, params, workdir)
+        metrics = result.means() | sample_quality
         MetricWriter(workdir).scalars(step, metrics, "eval")
         path = os.path.join(os.path.abspath(workdir), "eval", f"{step}.json")
         if jax.process_index() == 0:
             evaluation.write_json(path, result, checkpoint_step=step, split="eval",
-                                  metrics=metrics)
-        info("%s", summary("eval", step, time.perf_counter() - t0,
-                           {k: v for k, v in metrics.items() if "_nfe" not in k},
-                           {"metrics": path}))
+                                  sample_quality=sample_quality)
+        info("%s", summary(f"eval of checkpoint {step}", None, time.perf_counter() - t0,
+                           metrics, {"metrics": path}))
         return metrics
 
     return _from_latest(config, workdir, "evaluate", run)

@@ -107,12 +107,21 @@ class CompileTimer:
                 json.dump(times, f, indent=2)
 
 
-def summary(what: str, steps: int, seconds: float, metrics: dict[str, float],
-            outputs: dict[str, str]) -> str:
-    """The last line of a run: steps, wall time, final metrics and where the outputs are."""
+# The metrics a summary line shows (with their "eval_" versions), when present.
+HEADLINE = ("loss", "bpd", "velocity_error_per_dim", "total", "classifier_test_accuracy",
+            "fd_floor")
+
+
+def summary(what: str, steps: Optional[int], seconds: float, metrics: dict[str, float],
+            outputs: dict[str, str], rate: Optional[float] = None) -> str:
+    """The last line of a run: steps, wall time, headline metrics (mean±stderr where there
+    is one; see :data:`HEADLINE`) and where the outputs are."""
+    keys = [k for name in HEADLINE for k in (name, "eval_" + name) if k in metrics]
     shown = "  ".join(
-        f"{k}={v:.4g}" + (f"±{metrics[k + '_stderr']:.2g}" if k + "_stderr" in metrics else "")
-        for k, v in sorted(metrics.items()) if not k.endswith("_stderr"))
+        f"{k}={metrics[k]:.4g}"
+        + (f"±{metrics[k + '_stderr']:.2g}" if k + "_stderr" in metrics else "") for k in keys)
+    speed = f" ({rate:.3g} steps/s)" if rate is not None and rate == rate else ""
     where = "  ".join(f"{k}: {v}" for k, v in outputs.items())
-    return (f"[done] {what}: {steps} steps, wall {_duration(seconds)}"
+    counted = f"{steps} steps{speed}, " if steps is not None else ""
+    return (f"[done] {what}: {counted}wall {_duration(seconds)}"
             + (f"; {shown}" if shown else "") + (f"; {where}" if where else ""))

@@ -1,8 +1,10 @@
 """Training on the toy config: sharding invariance (1 vs 8 devices, 8×1 and 4×2 meshes),
 scan dispatch, no recompiles, checkpoint/resume (also onto another device count), NaN guard,
 incompatible and corrupt checkpoints."""
+import json
 import os
 import shutil
+import types
 
 import chex
 import jax
@@ -120,12 +122,33 @@ def test_nan_guard_names_step_and_checkpoint(tmp_path, toy_config):
         loop.train(config, str(tmp_path), jax.devices()[:1])
 
 
-
-
 def test_eval_and_sample_modes(three_steps, tmp_path, toy_config):
     config = toy_config(**{"train.num_steps": 3})
     workdir = copy_of(three_steps, tmp_path)
     metrics = loop.run_eval(config, workdir)
     assert np.isfinite(metrics["bpd"]) and set(metrics) >= {"diff", "rec", "prior", "total"}
+    assert metrics["bpd_stderr"] > 0 and metrics["total_stderr"] > 0
+    with open(os.path.join(workdir, "eval", "3.json")) as f:
+        record = json.load(f)
+    assert record["count"] == config.data.eval_size and record["checkpoint_step"] == 3
+    assert record["terms"]["bpd"]["mean"] == pytest.approx(metrics["bpd"])
     samples = np.load(loop.run_sample(config, workdir))["samples"]
     assert samples.shape == (config.sample.num, 2) and np.all(np.isfinite(samples))
+
+
+def test_nfdm_ot_reports_a_velocity_error_not_bpd():
+    ot, nfdm = types.SimpleNamespace(name="nfdm_ot"), types.SimpleNamespace(name="nfdm")
+    metrics = {"bpd": 2.0, "bpd_stderr": 0.1, "total": 5.0}
+    renamed = loop.honest_names(ot, metrics)
+    assert "bpd" not in renamed and "bpd_stderr" not in renamed
+    assert renamed["velocity_error_per_dim"] == pytest.approx(2.0 * np.log(2.0))
+    assert renamed["velocity_error_per_dim_stderr"] == pytest.approx(0.1 * np.log(2.0))
+    assert loop.honest_names(nfdm, metrics) == metrics
+
+
+def test_already_complete_run_says_so_and_does_not_train(three_steps, tmp_path, toy_config,
+                                                         caplog):
+    workdir = copy_of(three_steps, tmp_path)
+    with caplog.at_level("INFO"):
+        state = loop.train(toy_config(**{"train.num_steps": 3}), workdir, jax.devices()[:1])
+    assert int(state.step) == 3 and "already complete" in caplog.text

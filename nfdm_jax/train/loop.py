@@ -194,12 +194,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     preemption = PreemptionFlag()
     pending: list[dict[str, jax.Array]] = []
     final_metrics: dict[str, float] = {}
-    first = next(batches)
-    with CompileTimer(workdir, "the train step"):
-        train_step = train_step.lower(state, first).compile()
-    progress = Progress("train", t.num_steps, start=step)
-    last_time, last_step = time.perf_counter(), step
     try:
+        first = next(batches)
+        with CompileTimer(workdir, "the train step"):
+            train_step = train_step.lower(state, first).compile()
+        progress = Progress("train", t.num_steps, start=step)
+        last_time, last_step = time.perf_counter(), step
         while step < t.num_steps:
             batch, first = (first, None) if first is not None else (next(batches), None)
             state, metrics = train_step(state, batch)
@@ -290,7 +290,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
 
     def run(exp: Experiment, params: Any, step: int) -> dict[str, float]:
         result = honest_terms(exp.model, evaluate(exp, params))
-        sample_quality = quality.sample_quality(exp, params, workdir)
+        sample_quality = quality.sample_quality(exp, params, workdir, exp.key(_SAMPLE))
         metrics = result.means() | sample_quality
         MetricWriter(workdir).scalars(step, metrics, "eval")
         path = os.path.join(os.path.abspath(workdir), "eval", f"{step}.json")

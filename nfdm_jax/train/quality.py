@@ -31,28 +31,30 @@ def _arrays(source: Any, key: str) -> np.ndarray:
         [source[i][key] for i in range(len(source))])
 
 
-def samples_at(exp: Experiment, params: Any, nfe: int, num: int) -> np.ndarray:
+def samples_at(exp: Experiment, params: Any, key: jax.Array, nfe: int, num: int) -> np.ndarray:
     """``num`` generated images as uint8 pixels, with ``config.sample.method`` at ``nfe``."""
     method = exp.config.sample.method
     draw = jax.jit(lambda p, k: generate.generate(exp.model, p, k, num, method, nfe))
-    return np.asarray(jax.device_get(decoders.to_pixels(
-        draw(params, jax.random.fold_in(exp.key(3), nfe)))))
+    return np.asarray(jax.device_get(decoders.to_pixels(draw(params, key))))
 
 
-def _frechet_table(exp: Experiment, params: Any, extract: Callable[[np.ndarray], np.ndarray],
-                   reference: np.ndarray, name: str) -> dict[str, float]:
+def _frechet_table(exp: Experiment, params: Any, key: jax.Array,
+                   extract: Callable[[np.ndarray], np.ndarray], reference: np.ndarray,
+                   name: str) -> dict[str, float]:
     s = exp.config.sample
     ref = extract(reference)
     out = {}
     progress = Progress(f"eval {name}", len(s.eval_nfe), unit="NFE settings", every_secs=0)
     for i, nfe in enumerate(s.eval_nfe):
-        value, se = cf.frechet_bootstrap(extract(samples_at(exp, params, nfe, s.eval_num)), ref)
+        images = samples_at(exp, params, jax.random.fold_in(key, nfe), nfe, s.eval_num)
+        value, se = cf.frechet_bootstrap(extract(images), ref)
         out[f"{name}_nfe{nfe}"], out[f"{name}_nfe{nfe}_stderr"] = value, se
         progress.update(i + 1)
     return out
 
 
-def digits_frechet(exp: Experiment, params: Any, workdir: str) -> dict[str, float]:
+def digits_frechet(exp: Experiment, params: Any, workdir: str, key: jax.Array
+                   ) -> dict[str, float]:
     """``fd_nfe<N>`` ± stderr per NFE, ``fd_floor`` ± stderr, ``classifier_test_accuracy``."""
     train, test = exp.data.train["x"], exp.data.eval["x"]
     arrays = (_arrays(train, "x"), _arrays(train, "label"), _arrays(test, "x"),
@@ -66,10 +68,10 @@ def digits_frechet(exp: Experiment, params: Any, workdir: str) -> dict[str, floa
                                 replace=False)]
     out["fd_floor"], out["fd_floor_stderr"] = cf.frechet_bootstrap(extract(real),
                                                                    extract(arrays[2]))
-    return out | _frechet_table(exp, params, extract, arrays[2], "fd")
+    return out | _frechet_table(exp, params, key, extract, arrays[2], "fd")
 
 
-def inception_fid(exp: Experiment, params: Any) -> dict[str, float]:
+def inception_fid(exp: Experiment, params: Any, key: jax.Array) -> dict[str, float]:
     """``fid_nfe<N>`` ± stderr against the eval split, or ``{}`` with one line saying why."""
     path = exp.config.sample.inception_weights
     if not path or not os.path.isfile(path):
@@ -84,14 +86,16 @@ def inception_fid(exp: Experiment, params: Any) -> dict[str, float]:
     source = exp.data.eval["x"]
     n = min(len(source), exp.config.sample.eval_num)
     reference = np.stack([source[i]["x"] for i in range(n)])
-    return _frechet_table(exp, params, extract, reference, "fid")
+    return _frechet_table(exp, params, key, extract, reference, "fid")
 
 
-def sample_quality(exp: Experiment, params: Any, workdir: str) -> dict[str, float]:
-    """The Fréchet metrics this experiment supports (empty for 2-D data and bridges)."""
+def sample_quality(exp: Experiment, params: Any, workdir: str, key: jax.Array
+                   ) -> dict[str, float]:
+    """The Fréchet metrics this experiment supports (empty for 2-D data and bridges); the
+    samples at NFE n use ``fold_in(key, n)``."""
     if exp.model.bridge or len(exp.model.shape) != 3 or not exp.config.sample.eval_nfe:
         return {}
     if exp.config.data.name == "digits":
-        return digits_frechet(exp, params, workdir)
-    return inception_fid(exp, params)
+        return digits_frechet(exp, params, workdir, key)
+    return inception_fid(exp, params, key)
 

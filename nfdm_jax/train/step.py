@@ -49,7 +49,7 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         d = ema_decay(state.step, ema)
         ema_params = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
-        metrics |= {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+        metrics |= {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                     "lr": schedule(state.step)}
         return TrainState(state.step + 1, params, ema_params, opt_state), metrics
 

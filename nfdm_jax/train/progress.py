@@ -108,8 +108,7 @@ class CompileTimer:
 
 
 # The metrics a summary line shows (with their "eval_" versions), when present.
-HEADLINE = ("loss", "bpd", "velocity_error_per_dim", "total", "classifier_test_accuracy",
-            "fd_floor")
+HEADLINE = ("loss", "bpd", "total", "classifier_test_accuracy", "fd_floor")
 
 
 def summary(what: str, steps: Optional[int], seconds: float, metrics: dict[str, float],

@@ -150,3 +150,22 @@ def test_scatter_and_trajectory_pngs(tmp_path):
                                obstacle=((0.0, 0.0), 0.5), title="paths")
     for name in ("a/scatter.png", "traj.png"):
         assert mpl_image.imread(str(tmp_path / name)).shape == (500, 500, 4)
+
+
+def test_report_nelbo_per_example_is_the_evaluator(toy_config):
+    """``report_lib.nelbo_per_example`` (kept for the reports) goes through the one evaluator:
+    any N (padded), one value per point, and K-stratified points average to the same bound as
+    :func:`evaluation.evaluate` within their standard errors."""
+    from experiments import report_lib
+    from nfdm_jax.train import loop
+
+    exp = loop.setup(toy_config(), jax.devices()[:1])
+    params = loop.create_state(exp).params
+    x = np.stack([exp.data.eval["x"][i]["x"] for i in range(50)])
+    terms = report_lib.nelbo_per_example(exp.model, params, x, jax.random.key(0),
+                                         num_t_samples=4, chunk=16)
+    assert terms["total"].shape == (50,) and np.all(np.isfinite(terms["total"]))
+    result = evaluation.evaluate(exp.model.per_example, params, batches_of(x), jax.random.key(1),
+                                 num_t_samples=4)
+    spread = math.hypot(result.terms["total"].se, report_lib.mean_se(terms["total"]).se)
+    assert abs(result.terms["total"].mean - terms["total"].mean()) < 4 * spread

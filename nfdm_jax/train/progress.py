@@ -116,8 +116,8 @@ def summary(what: str, steps: Optional[int], seconds: float, metrics: dict[str, 
     """The last line of a run: steps, wall time, headline metrics (mean±stderr where there
     is one; see :data:`HEADLINE`) and where the outputs are."""
     keys = [k for name in HEADLINE for k in (name, "eval_" + name) if k in metrics]
-    keys += sorted(k for k in metrics if k.startswith(("fd_nfe", "fid_nfe"))
-                   and not k.endswith("_stderr"))
+    keys += sorted((k for k in metrics if k.startswith(("fd_nfe", "fid_nfe"))
+                    and not k.endswith("_stderr")), key=lambda k: int(k.rsplit("nfe", 1)[1]))
     shown = "  ".join(
         f"{k}={metrics[k]:.4g}"
         + (f"±{metrics[k + '_stderr']:.2g}" if k + "_stderr" in metrics else "") for k in keys)

@@ -91,6 +91,11 @@ def base_config() -> ConfigDict:
     c.sample.num = 64
     c.sample.method = "sde"        # sde (Euler–Maruyama) | ode (Heun; NFDM-OT)
     c.sample.steps = 256           # SDE steps, or ODE function evaluations
+    # --mode=eval sample quality: Fréchet distance (digits: classifier features; images: FID,
+    # given the Inception weights file) of eval_num samples at each NFE in eval_nfe.
+    c.sample.eval_nfe = (16, 64, 256)
+    c.sample.eval_num = 1000
+    c.sample.inception_weights = ""  # .npz of the FID Inception (nfdm_jax/metrics/inception.py)
 
     c.mesh = ConfigDict()
     c.mesh.model = 1               # size of the 'model' (parameter-sharding) axis
@@ -110,6 +115,7 @@ def tiny(c: ConfigDict) -> None:
     c.train.eval_every = 6
     c.train.checkpoint_every = 3
     c.sample.num, c.sample.steps = 4, 4
+    c.sample.eval_nfe, c.sample.eval_num = (4,), 64
     c.train.eval_batch_size = 0
     c.train.eval_t_samples = 1
     c.optim.warmup_steps = 2

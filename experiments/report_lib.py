@@ -15,12 +15,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nfdm_jax import drifts, likelihood, sampling, volatility
+from nfdm_jax import drifts, evaluation, likelihood, sampling, volatility
+from nfdm_jax.data import ArraySource, eval_batches
 from nfdm_jax.data.toy2d import eight_gaussians
 from nfdm_jax.metrics.sample_distances import energy_distance
 from nfdm_jax.models import Batch, Model, Params
 from nfdm_jax.train import optimizer as optim
 from nfdm_jax.train import step as train_step
+from nfdm_jax.train.progress import Progress
 from nfdm_jax.train.state import TrainState
 
 Array = jax.Array
@@ -118,19 +120,18 @@ def fit(model: Model, config: ml_collections.ConfigDict, sample_batch: BatchSamp
         return state, metrics["loss"]
 
     losses = []
-    for i in range(max(1, steps // chunk)):
+    total = max(1, steps // chunk)
+    progress = Progress("fit", total * chunk, unit="steps")
+    for i in range(total):
         state, loss = run_chunk(state, jax.random.fold_in(k_data, i))
-        losses.append(loss)
+        losses.append(loss.block_until_ready())  # one sync per chunk, for an honest rate
+        progress.update((i + 1) * chunk)
     return state.ema_params, np.asarray(jax.device_get(losses))
 
 
 # --------------------------------------------------------------------------- measurements
 
-class MeanSE(NamedTuple):
-    """A Monte Carlo mean and its standard error."""
-
-    mean: float
-    se: float
+MeanSE = evaluation.MeanSE
 
 
 def mean_se(values: np.ndarray) -> MeanSE:
@@ -142,28 +143,18 @@ def mean_se(values: np.ndarray) -> MeanSE:
 def nelbo_per_example(model: Model, params: Params, x: np.ndarray, key: Array,
                       num_t_samples: int, chunk: int = 256) -> dict[str, np.ndarray]:
     """Every per-example NELBO term ``[N]`` in nats, averaged over ``num_t_samples`` draws
-    of (t, ε) per point; t is stratified over each point's own draws.
+    of (t, ε) per point, with t stratified over each point's own draws.
 
-    Points go through in chunks of ``chunk`` (``N`` must be a multiple), each repeated
-    ``num_t_samples`` times in one batch, so ``losses.stratified_times`` over the batch
-    puts one t in each of the point's K strata.
+    A thin call into the one evaluator, :func:`nfdm_jax.evaluation.per_example_values`:
+    points go through in padded batches of ``chunk``, each tiled ``num_t_samples`` times
+    in one call, so ``losses.stratified_times`` over the tiled batch puts one t in each
+    of the point's K strata.
     """
-    n = x.shape[0]
-
-    @jax.jit
-    def run(xs: Array, keys: Array) -> dict[str, Array]:
-        def one_chunk(args: tuple[Array, Array]) -> dict[str, Array]:
-            xc, k = args
-            tiled = jnp.tile(xc, (num_t_samples, 1))          # row j·chunk + i is point i
-            terms = model.per_example(params, {"x": tiled}, k)
-            return {name: jnp.mean(jnp.reshape(v, (num_t_samples, chunk)), axis=0)
-                    for name, v in terms.items()}
-
-        out = jax.lax.map(one_chunk, (xs, keys))
-        return {name: jnp.reshape(v, (n,)) for name, v in out.items()}
-
-    xs = jnp.reshape(jnp.asarray(x), (n // chunk, chunk) + x.shape[1:])
-    return jax.device_get(run(xs, jax.random.split(key, n // chunk)))
+    source = ArraySource({"x": np.asarray(x)})
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    return evaluation.per_example_values(model.per_example, params,
+                                         eval_batches({"x": source}, chunk, mesh), key,
+                                         num_t_samples=num_t_samples, tile=num_t_samples)
 
 
 def ode_nll(drift: drifts.Drift, x: np.ndarray) -> np.ndarray:

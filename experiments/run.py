@@ -28,12 +28,17 @@ import os
 import sys
 from typing import Optional, Sequence
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+# XLA's C++ log shows, on a healthy CPU run, only an ERROR-level "Very slow compile?" banner
+# after 2 minutes of compiling; the loop says "compiling … (≈ N s)" instead. Errors reach
+# Python as exceptions. TF_CPP_MIN_LOG_LEVEL=0 brings the C++ log back.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from nfdm_jax.data import DatasetNotFoundError
-from nfdm_jax.train import CheckpointError, loop, validation
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from nfdm_jax.data import DatasetNotFoundError  # noqa: E402
+from nfdm_jax.train import CheckpointError, loop, validation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -139,10 +144,18 @@ def _quiet_orbax(record) -> bool:
     return True
 
 
+def _quiet_backend_probe(record) -> bool:
+    # JAX tries every backend; on a machine without libtpu its "Unable to initialize backend
+    # 'tpu'" line reads like an error but only means "not a TPU".
+    return not (record.levelno <= 20 and record.getMessage().startswith(
+        "Unable to initialize backend"))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_quiet_orbax)
+    logging.get_absl_handler().addFilter(_quiet_backend_probe)
     config, workdir = load_config(), _WORKDIR.value
     init_distributed()
     logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),

@@ -20,6 +20,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nfdm_jax.ops import sum_per_example
 
@@ -87,3 +88,10 @@ def make_decoder(convention: str, delta: float) -> DecoderNLL:
 def log_jacobian_per_dim(convention: str) -> float:
     """Nats per dimension added to a NELBO in this convention to bound −log P(data)."""
     return DEQUANT_LOG_JACOBIAN_PER_DIM if convention == "dequantized" else 0.0
+
+
+def to_pixels(x: Array) -> Array:
+    """Values in [−1, 1] → uint8 pixels {0..255}: the inverse of :func:`centred` (the nearest
+    bin centre, the discrete decoder's mode), clipped. NumPy in, NumPy out; JAX in, JAX out."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.clip(xp.round((x + 1.0) * 128.0 - 0.5), 0, 255).astype(xp.uint8)

@@ -1,15 +1,19 @@
-"""Test-set bits per dimension from the NELBO: one ordered pass over a whole split.
+"""The one evaluator: every per-example objective term over a whole split, mean ± standard error.
 
-Every example is counted exactly once: batches are padded to a fixed size and carry a
-``mask`` ``[B]`` (1 real, 0 padding); padded rows are computed and discarded on device
-(with ``where``, so NaNs in padding cannot leak). Each image's NELBO is the average of
-K independent evaluations (fresh t and ε each; SPEC §1.3: K = 1 for a quick look,
-K = 128 for reported numbers). Per-batch statistics stay on device; a single
-``device_get`` at the end brings them to the host, where they are combined in float64.
+Training's periodic eval, ``--mode=eval`` and the reports all call this module. A model's
+``per_example(params, batch, key) -> {term: [B]}`` (e.g. ``models.Model.per_example``,
+whose ``"bpd"`` term already includes the likelihood convention's log-Jacobian) is
+evaluated K times per example with independent keys and averaged (SPEC §1.3: K = 1 for a
+quick look, K = 128 for reported numbers).
 
-The per-batch function is jitted once per (loss, K, dim, convention) and is agnostic to
-how the batch is laid out: pass global ``jax.Array``s sharded over a data mesh (each
-host contributing its disjoint shard) and the reductions run under that sharding.
+Batches are padded to a fixed size and carry ``"mask"`` ``[B]`` (1 real, 0 padding; see
+``nfdm_jax.data.eval_batches``); padded rows are computed and discarded on device with
+``where``, so NaNs in padding cannot leak. Per-batch (count, mean, M2) moments stay on
+device; one ``device_get`` at the end brings them to the host, where they are combined in
+float64 (Chan et al.). The per-batch function is jitted once per (per_example, K, tile) and
+follows the batch's sharding: global ``jax.Array``s sharded over a data mesh work as is.
+
+Keys: batch ``b``, call ``k`` uses ``fold_in(fold_in(key, b), k)``.
 """
 from __future__ import annotations
 
@@ -18,79 +22,93 @@ import json
 import math
 import os
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nfdm_jax.decoders import CONVENTIONS, log_jacobian_per_dim
-from nfdm_jax.losses import bits_per_dim
-
 Array = jax.Array
-# batch_nats(params, x, key) -> per-example NELBO in nats [B]
-BatchNats = Callable[[Any, Array, Array], Array]
+# per_example(params, batch, key) -> {term: [B]}; batch maps field -> [B, ...].
+PerExample = Callable[[Any, Mapping[str, Array], Array], Mapping[str, Array]]
+
+
+class MeanSE(NamedTuple):
+    """A mean over examples and its standard error (sample std / √count)."""
+
+    mean: float
+    se: float
 
 
 @dataclasses.dataclass(frozen=True)
-class BPDResult:
-    """Test-set bits per dimension.
+class Evaluation:
+    """Every term's mean and standard error over a split.
 
-    ``bpd``: mean over examples of each example's K-sample NELBO in BPD (including the
-    convention's log-Jacobian); ``stderr``: standard error of that mean (sample std of
-    the per-example values / √count; it covers data and Monte Carlo variability);
-    ``count``: examples counted; ``num_t_samples``: K; ``dim``: dimensions per example.
+    ``terms``: term → :class:`MeanSE` (the SE covers data and Monte Carlo variability, since
+    each example's value is its own K-sample average); ``count``: real examples counted;
+    ``num_t_samples``: K.
     """
 
-    bpd: float
-    stderr: float
+    terms: dict[str, MeanSE]
     count: int
     num_t_samples: int
-    convention: str
-    dim: int
+
+    def means(self) -> dict[str, float]:
+        """``{term: mean}`` plus ``{term + "_stderr": se}``, for metric writers."""
+        out = {k: v.mean for k, v in self.terms.items()}
+        return out | {f"{k}_stderr": v.se for k, v in self.terms.items()}
 
 
-def pad_batches(data: np.ndarray, batch_size: int, *, data_key: str = "x"
-                ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields ``{data_key: [batch_size, ...], "mask": [batch_size]}`` over ``data`` in order.
+def _check(num_t_samples: int, tile: int) -> None:
+    if num_t_samples < 1:
+        raise ValueError(f"num_t_samples must be >= 1, got {num_t_samples}")
+    if tile < 1 or num_t_samples % tile:
+        raise ValueError(f"tile={tile} must divide num_t_samples={num_t_samples}")
 
-    The last batch is zero-padded to ``batch_size`` with mask 0; nothing is dropped.
+
+def batch_terms(per_example: PerExample, params: Any, batch: Mapping[str, Array], key: Array,
+                num_t_samples: int, tile: int = 1) -> dict[str, Array]:
+    """Each example's terms averaged over ``num_t_samples`` evaluations, ``{term: [B]}``.
+
+    ``tile`` copies of the batch go through each call (K / tile calls in sequence): with
+    times stratified over the batch (``losses.stratified_times``) each example then gets
+    one t in each of ``tile`` strata, which lowers the variance of its average. Memory
+    grows with ``tile``; ``tile = 1`` is the cheapest. ``"mask"`` is not passed on.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = data.shape[0]
-    for start in range(0, n, batch_size):
-        chunk = data[start:start + batch_size]
-        real = chunk.shape[0]
-        pad = np.zeros((batch_size - real,) + data.shape[1:], data.dtype)
-        mask = np.concatenate([np.ones(real, np.float32), np.zeros(batch_size - real, np.float32)])
-        yield {data_key: np.concatenate([chunk, pad], axis=0), "mask": mask}
+    data = {k: v for k, v in batch.items() if k != "mask"}
+    size = next(iter(data.values())).shape[0]
+    tiled = {k: jnp.tile(v, (tile,) + (1,) * (v.ndim - 1)) for k, v in data.items()}
+
+    def call(k: Array) -> dict[str, Array]:
+        terms = per_example(params, tiled, jax.random.fold_in(key, k))
+        return {n: jnp.mean(jnp.reshape(v, (tile, size)), axis=0) for n, v in terms.items()}
+
+    calls = jax.lax.map(call, jnp.arange(num_t_samples // tile))  # [K / tile, B] per term
+    return {n: jnp.mean(v, axis=0) for n, v in calls.items()}
 
 
-@partial(jax.jit, static_argnames=("batch_nats", "num_t_samples", "log_jacobian"))
-def _batch_moments(batch_nats: BatchNats, params: Any, x: Array, mask: Array, key: Array,
-                   batch_index: Array, *, num_t_samples: int, log_jacobian: float) -> Array:
-    """(count, mean, sum of squared deviations) of the batch's per-example BPD, ``[3]``."""
-    batch_key = jax.random.fold_in(key, batch_index)
-
-    def add_sample(k: int, total: Array) -> Array:
-        return total + batch_nats(params, x, jax.random.fold_in(batch_key, k))
-
-    out = jax.eval_shape(batch_nats, params, x, batch_key)
-    nats = jax.lax.fori_loop(0, num_t_samples, add_sample,
-                             jnp.zeros(out.shape, out.dtype)) / num_t_samples
-    bpd = bits_per_dim(nats, math.prod(x.shape[1:]), log_jacobian)
-    valid = mask > 0
+@partial(jax.jit, static_argnames=("per_example", "num_t_samples", "tile"))
+def _batch_moments(per_example: PerExample, params: Any, batch: Mapping[str, Array], key: Array,
+                   *, num_t_samples: int, tile: int) -> dict[str, Array]:
+    """``{term: [3]}``: (count, mean, sum of squared deviations) over the batch's real rows."""
+    terms = batch_terms(per_example, params, batch, key, num_t_samples, tile)
+    valid = batch["mask"] > 0
     count = jnp.sum(valid.astype(jnp.float32))
-    mean = jnp.sum(jnp.where(valid, bpd, 0.0)) / jnp.maximum(count, 1.0)
-    m2 = jnp.sum(jnp.where(valid, jnp.square(bpd - mean), 0.0))
-    return jnp.stack([count, mean, m2])
+
+    def moments(v: Array) -> Array:
+        v = v.astype(jnp.float32)
+        mean = jnp.sum(jnp.where(valid, v, 0.0)) / jnp.maximum(count, 1.0)
+        m2 = jnp.sum(jnp.where(valid, jnp.square(v - mean), 0.0))
+        return jnp.stack([count, mean, m2])
+
+    return {n: moments(v) for n, v in terms.items()}
 
 
-def _combine(moments: np.ndarray) -> tuple[float, float, int]:
-    """Chan et al.'s pairwise combination of per-batch (count, mean, M2) → (mean, stderr, n)."""
+def combine(moments: np.ndarray) -> tuple[float, float, int]:
+    """Chan et al.'s pairwise combination of per-batch ``[n_batches, 3]`` (count, mean, M2)
+    into (mean, standard error, count), in float64."""
     n, mean, m2 = 0.0, 0.0, 0.0
-    for n_b, mean_b, m2_b in moments.astype(np.float64):
+    for n_b, mean_b, m2_b in np.asarray(moments, np.float64):
         if n_b == 0:
             continue
         total = n + n_b
@@ -102,58 +120,61 @@ def _combine(moments: np.ndarray) -> tuple[float, float, int]:
     return mean, stderr, int(n)
 
 
-def evaluate_bpd(batch_nats: BatchNats, params: Any, batches: Iterable[Mapping[str, Any]],
-                 key: Array, *, convention: str, num_t_samples: int = 1,
-                 data_key: str = "x") -> BPDResult:
-    """Mean test-set BPD of the NELBO over one ordered pass of ``batches``.
+def evaluate(per_example: PerExample, params: Any, batches: Iterable[Mapping[str, Any]],
+             key: Array, *, num_t_samples: int = 1, tile: int = 1,
+             progress: Optional[Callable[[int], None]] = None) -> Evaluation:
+    """Mean ± standard error of every term of ``per_example`` over one pass of ``batches``.
 
     Args:
-      batch_nats: ``batch_nats(params, x, key) -> [B]`` per-example NELBO in nats (any
-        pure function, e.g. ``lambda p, x, k: losses.nelbo(...).total``); it must be the
-        same object across calls to reuse the compiled evaluation.
-      params: passed through to ``batch_nats``.
-      batches: padded batches, each a mapping with ``data_key`` ``[B, *D]`` and
-        ``"mask"`` ``[B]`` (e.g. :func:`pad_batches`); a fixed B avoids recompiles.
-      key: PRNG key; batch b, sample k uses ``fold_in(fold_in(key, b), k)``.
-      convention: the likelihood convention of ``batch_nats`` (``decoders.CONVENTIONS``);
-        its log-Jacobian is added per dimension.
-      num_t_samples: K, independent NELBO evaluations averaged per example.
-      data_key: the batch entry holding the data.
+      per_example: ``(params, batch, key) -> {term: [B]}``; pass the same object across
+        calls to reuse the compiled evaluation.
+      params: passed through.
+      batches: padded batches, each with ``"mask"`` ``[B]`` (a fixed B avoids recompiles).
+      key: PRNG key; batch b, call k uses ``fold_in(fold_in(key, b), k)``.
+      num_t_samples: K, evaluations averaged per example.
+      tile: batch copies per call (see :func:`batch_terms`).
+      progress: called with the batch index after each batch is dispatched.
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"Unknown likelihood convention {convention!r}; use one of {CONVENTIONS}.")
-    if num_t_samples < 1:
-        raise ValueError(f"num_t_samples must be >= 1, got {num_t_samples}")
-    per_batch, dim = [], None
+    _check(num_t_samples, tile)
+    per_batch = []
     for index, batch in enumerate(batches):
-        x = batch[data_key]
-        dim = math.prod(x.shape[1:])
-        per_batch.append(_batch_moments(
-            batch_nats, params, x, batch["mask"], key, jnp.asarray(index, jnp.uint32),
-            num_t_samples=num_t_samples, log_jacobian=log_jacobian_per_dim(convention)))
+        per_batch.append(_batch_moments(per_example, params, batch, jax.random.fold_in(key, index),
+                                        num_t_samples=num_t_samples, tile=tile))
+        if progress is not None:
+            progress(index + 1)
     if not per_batch:
-        raise ValueError("evaluate_bpd got no batches.")
-    mean, stderr, count = _combine(np.stack(jax.device_get(per_batch)))
-    return BPDResult(bpd=mean, stderr=stderr, count=count, num_t_samples=num_t_samples,
-                     convention=convention, dim=dim)
+        raise ValueError("evaluate got no batches.")
+    fetched = jax.device_get(per_batch)
+    terms, count = {}, 0
+    for name in fetched[0]:
+        mean, se, count = combine(np.stack([m[name] for m in fetched]))
+        terms[name] = MeanSE(mean, se)
+    return Evaluation(terms, count, num_t_samples)
 
 
-def write_bpd_json(path: str, result: BPDResult, *, checkpoint_step: Optional[int],
-                   split: Optional[str] = None) -> dict[str, Any]:
-    """Writes the evaluation record as JSON (creating parent folders) and returns it.
+def per_example_values(per_example: PerExample, params: Any,
+                       batches: Iterable[Mapping[str, Any]], key: Array, *,
+                       num_t_samples: int = 1, tile: int = 1) -> dict[str, np.ndarray]:
+    """Every real example's K-averaged terms ``{term: [N]}`` (host NumPy, in batch order),
+    with the same keys as :func:`evaluate`; for reports that need the values themselves.
+    Single-process only (it gathers whole batches)."""
+    _check(num_t_samples, tile)
+    run = jax.jit(batch_terms, static_argnums=(0, 4, 5))
+    out: dict[str, list[np.ndarray]] = {}
+    for index, batch in enumerate(batches):
+        terms = jax.device_get(run(per_example, params, batch, jax.random.fold_in(key, index),
+                                   num_t_samples, tile))
+        real = np.asarray(batch["mask"]) > 0
+        for name, v in terms.items():
+            out.setdefault(name, []).append(np.asarray(v)[real])
+    return {name: np.concatenate(v) for name, v in out.items()}
 
-    Keys: convention, num_t_samples (K), split, split_size, dim, checkpoint_step, bpd, stderr.
-    """
-    record = {
-        "convention": result.convention,
-        "num_t_samples": result.num_t_samples,
-        "split": split,
-        "split_size": result.count,
-        "dim": result.dim,
-        "checkpoint_step": checkpoint_step,
-        "bpd": result.bpd,
-        "stderr": result.stderr,
-    }
+
+def write_json(path: str, result: Evaluation, **record: Any) -> dict[str, Any]:
+    """Writes ``record`` plus ``count``, ``num_t_samples`` and ``{term: {mean, stderr}}`` as
+    JSON (creating parent folders) and returns the dict."""
+    record = dict(record, count=result.count, num_t_samples=result.num_t_samples,
+                  terms={k: {"mean": v.mean, "stderr": v.se} for k, v in result.terms.items()})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=2)

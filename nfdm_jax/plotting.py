@@ -17,25 +17,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
+from nfdm_jax import decoders
+
 
 def _makedirs_for(path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Images ``[N, H, W, C]``: uint8 kept; floats in [−1, 1] mapped to {0..255} (clipped)."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images
-    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def image_grid(images: np.ndarray, ncols: Optional[int] = None, padding: int = 1) -> np.ndarray:
-    """Tiles ``[N, H, W, C]`` (C = 1 or 3) into one uint8 image ``[rows·(H+p)+p, cols·(W+p)+p, C]``.
+    """Tiles ``[N, H, W, C]`` (C = 1 or 3; uint8, or floats in [−1, 1] converted by
+    :func:`nfdm_jax.decoders.to_pixels`) into one uint8 image ``[rows·(H+p)+p, cols·(W+p)+p, C]``.
 
     ``ncols`` defaults to ⌈√N⌉; empty cells and padding are black.
     """
-    images = to_uint8(images)
+    images = np.asarray(images)
+    images = images if images.dtype == np.uint8 else decoders.to_pixels(images)
     n, h, w, c = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)

@@ -55,6 +55,7 @@ def run(args, tmp_path):
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # subprocesses
 def test_bad_configs_fail_before_compiling(tmp_path):
     cases = {  # flags -> text the error must contain
         ("--config=experiments/toy2d.py:tiny", "--config.train.bogus=3"): "bogus",

@@ -56,6 +56,34 @@ def test_iterator_is_deterministic_and_resumable():
     np.testing.assert_array_equal(b, np.stack([run[3][0], run[4][0]]))
     epoch = np.concatenate([r[0, :, 0] for r in run[:5]])
     assert sorted(epoch) == list(range(40))  # one epoch visits every example once
+    assert not np.array_equal(run[5][0], run[0][0])  # the next epoch is reshuffled
+    np.testing.assert_array_equal(np.sort(run[2][0, :, 0]), np.sort(first.global_indices(0, 2)))
+
+
+def test_fields_are_drawn_independently():
+    data = np.arange(40, dtype=np.float32)[:, None]
+    src = {"x": ArraySource({"x": data}), "x1": ArraySource({"x": data})}
+    it = BatchIterator(src, 8, mesh_of(4), seed=0)
+    batch = next(it)
+    it.close()
+    assert not np.array_equal(np.asarray(batch["x"]), np.asarray(batch["x1"]))
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_process_shards_are_disjoint_and_cover_the_global_batch(processes):
+    """grain's ``stream[p::P]`` sharding, emulated per process: disjoint rows whose union is
+    the global batch that one process would read alone."""
+    src = {"x": ArraySource({"x": np.arange(40, dtype=np.float32)[:, None]})}
+    it = BatchIterator(src, 8, mesh_of(1), seed=3)
+    it.close()
+    streams = []
+    for p in range(processes):
+        it._shard = (p, processes)
+        streams.append([it.local_indices(0, s).tolist() for s in range(6)])
+    for s in range(6):
+        parts = [streams[p][s] for p in range(processes)]
+        assert sum(len(x) for x in parts) == 8
+        assert sorted(sum(parts, [])) == sorted(it.global_indices(0, s).tolist())
 
 
 def test_eval_batches_pad_and_mask():

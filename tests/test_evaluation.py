@@ -1,4 +1,5 @@
-"""Test-set BPD over a padded split, the JSON record, and the PNG plots."""
+"""The one evaluator over a padded split (mean ± SE per term), its JSON record, the
+report's per-example values, the pixel conversion and the PNG plots."""
 import json
 import math
 
@@ -6,104 +7,124 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 from matplotlib import image as mpl_image
 
-from nfdm_jax import evaluation, plotting
+from nfdm_jax import decoders, evaluation, plotting
+from nfdm_jax.data import ArraySource, eval_batches
 
 N, BATCH = 103, 16  # 7 batches, the last with 7 real rows and 9 padded ones
 
 
+def mesh_of(n):
+    return Mesh(np.array(jax.devices()[:n]), ("data",))
+
+
 @pytest.fixture(scope="module")
 def split():
-    """Positive data [N, 2, 2]: per-example loss sum(log x) is −inf on zero padding."""
+    """Positive data [N, 2, 2]: log x is finite on real rows only if padding is masked."""
     return np.random.default_rng(0).uniform(0.5, 2.0, (N, 2, 2)).astype(np.float32)
 
 
-def log_loss(params, x, key):
-    """A known per-example "NELBO": params · Σ log x (independent of the key)."""
+def batches_of(data, batch=BATCH, devices=1):
+    return eval_batches({"x": ArraySource({"x": data})}, batch, mesh_of(devices))
+
+
+def log_terms(params, batch, key):
+    """Known per-example "terms": params · Σ log x (−inf on zero rows) and half of it."""
     del key
-    return params * jnp.sum(jnp.log(jnp.reshape(x, (x.shape[0], -1))), axis=-1)
+    x = jnp.reshape(batch["x"], (batch["x"].shape[0], -1))
+    total = params * jnp.sum(jnp.log(x), axis=-1)
+    return {"total": total, "half": 0.5 * total}
 
 
-def uniform_loss(params, x, key):
+def uniform_terms(params, batch, key):
     """Pure Monte Carlo noise U[0, 1) per example: exposes how keys are used."""
     del params
-    return jax.random.uniform(key, (x.shape[0],))
+    return {"u": jax.random.uniform(key, (batch["x"].shape[0],))}
 
 
-def test_pad_batches_cover_the_split_in_order(split):
-    batches = list(evaluation.pad_batches(split, BATCH))
-    assert len(batches) == math.ceil(N / BATCH)
-    assert all(b["x"].shape == (BATCH, 2, 2) and b["mask"].shape == (BATCH,) for b in batches)
-    masks = np.concatenate([b["mask"] for b in batches])
-    assert masks.sum() == N and np.all(masks[:N] == 1) and np.all(masks[N:] == 0)
-    real = np.concatenate([b["x"] for b in batches])[:N]
-    np.testing.assert_array_equal(real, split)
-    np.testing.assert_array_equal(batches[-1]["x"][N % BATCH:], 0)
+@pytest.mark.parametrize("devices", [1, 4])
+def test_every_example_counted_once_with_exact_mean_and_se(split, devices):
+    result = evaluation.evaluate(log_terms, 2.0, batches_of(split, devices=devices),
+                                 jax.random.key(0), num_t_samples=3)
+    per_example = 2.0 * np.log(split.astype(np.float64)).reshape(N, -1).sum(-1)
+    assert result.count == N and result.num_t_samples == 3
+    assert result.terms["total"].mean == pytest.approx(per_example.mean(), rel=1e-5)
+    assert result.terms["total"].se == pytest.approx(per_example.std(ddof=1) / math.sqrt(N),
+                                                     rel=1e-4)
+    assert result.terms["half"].mean == pytest.approx(0.5 * per_example.mean(), rel=1e-5)
+    assert result.means()["half_stderr"] == pytest.approx(0.5 * result.terms["total"].se)
 
 
-@pytest.mark.parametrize("convention, offset_bits", [("continuous", 0.0), ("dequantized", 7.0)])
-def test_bpd_counts_every_example_once(split, convention, offset_bits):
-    """Mean and standard error equal the exact ones over the split; NaN/−inf padding is ignored."""
-    result = evaluation.evaluate_bpd(log_loss, 2.0, evaluation.pad_batches(split, BATCH),
-                                     jax.random.key(0), convention=convention, num_t_samples=3)
-    per_example = 2.0 * np.log(split.astype(np.float64)).reshape(N, -1).sum(-1) / (4 * math.log(2))
-    per_example += offset_bits  # log 128 nats per dimension = 7 bits
-    assert result.count == N and result.dim == 4 and result.num_t_samples == 3
-    assert result.bpd == pytest.approx(per_example.mean(), rel=1e-5)
-    assert result.stderr == pytest.approx(per_example.std(ddof=1) / math.sqrt(N), rel=1e-4)
+def test_non_finite_padding_does_not_leak():
+    x = np.ones((4, 1), np.float32)
+    x[3] = 0.0  # log 0 = −inf on the padded row
+    batch = {"x": x, "mask": np.array([1, 1, 1, 0], np.float32)}
+    result = evaluation.evaluate(log_terms, 1.0, [batch], jax.random.key(0))
+    assert result.count == 3 and result.terms["total"].mean == 0.0
+    assert result.terms["total"].se == 0.0
 
 
 def test_t_samples_and_batches_draw_independent_keys():
     """K averaged U[0,1) draws have standard error √(1/(12 K N)); equal keys would not shrink
     it. With one example per batch, equal batch keys would give identical values (SE 0)."""
-    data = np.zeros((1000, 1), np.float32)
+    data = np.ones((1000, 1), np.float32)
     se = {}
     for k in (1, 16):
-        result = evaluation.evaluate_bpd(uniform_loss, None, evaluation.pad_batches(data, 250),
-                                         jax.random.key(1), convention="continuous",
-                                         num_t_samples=k)
-        se[k] = result.stderr * math.log(2)  # back to nats
-        assert result.bpd * math.log(2) == pytest.approx(0.5, abs=5 * se[k])
+        result = evaluation.evaluate(uniform_terms, None, batches_of(data, 250),
+                                     jax.random.key(1), num_t_samples=k)
+        se[k] = result.terms["u"].se
+        assert result.terms["u"].mean == pytest.approx(0.5, abs=5 * se[k])
     assert se[1] / se[16] == pytest.approx(4.0, rel=0.15)
     assert se[1] == pytest.approx(math.sqrt(1 / 12 / 1000), rel=0.1)
-    single = evaluation.evaluate_bpd(uniform_loss, None, evaluation.pad_batches(data[:8], 1),
-                                     jax.random.key(1), convention="continuous")
-    assert single.count == 8 and single.stderr > 0.01
+    single = evaluation.evaluate(uniform_terms, None, batches_of(data[:8], 1),
+                                 jax.random.key(1))
+    assert single.count == 8 and single.terms["u"].se > 0.01
 
 
-def test_bpd_with_sharded_batches_matches_host_batches(split):
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    sharding = NamedSharding(mesh, P("data"))
-    sharded = ({k: jax.device_put(v, sharding) for k, v in b.items()}
-               for b in evaluation.pad_batches(split, BATCH))
-    on_mesh = evaluation.evaluate_bpd(log_loss, 2.0, sharded, jax.random.key(0),
-                                      convention="continuous")
-    on_host = evaluation.evaluate_bpd(log_loss, 2.0, evaluation.pad_batches(split, BATCH),
-                                      jax.random.key(0), convention="continuous")
-    assert on_mesh.count == on_host.count == N
-    assert on_mesh.bpd == pytest.approx(on_host.bpd, rel=1e-6)
+def test_tile_stratifies_each_example():
+    """With times stratified over the (tiled) batch, each example's K values cover K strata:
+    the spread of its average shrinks like 1/K, not 1/√K."""
+    def stratified(params, batch, key):
+        n = batch["x"].shape[0]
+        return {"t": jnp.mod(jax.random.uniform(key, ()) + jnp.arange(n) / n, 1.0)}
+
+    data = np.ones((64, 1), np.float32)
+    values = evaluation.per_example_values(stratified, None, batches_of(data, 64),
+                                           jax.random.key(2), num_t_samples=8, tile=8)["t"]
+    assert values.shape == (64,)
+    assert np.std(values) < 0.5 / 8  # plain averaging of 8 uniforms: std ≈ 0.10
+    with pytest.raises(ValueError, match="tile"):
+        evaluation.evaluate(stratified, None, batches_of(data, 64), jax.random.key(2),
+                            num_t_samples=8, tile=3)
 
 
-def test_bad_arguments_are_rejected(split):
-    with pytest.raises(ValueError, match="convention"):
-        evaluation.evaluate_bpd(log_loss, 1.0, evaluation.pad_batches(split, BATCH),
-                                jax.random.key(0), convention="bits")
+def test_per_example_values_match_evaluate(split):
+    values = evaluation.per_example_values(log_terms, 2.0, batches_of(split), jax.random.key(0))
+    expected = 2.0 * np.log(split).reshape(N, -1).sum(-1)
+    np.testing.assert_allclose(values["total"], expected, rtol=1e-5)
+
+
+def test_no_batches_is_an_error():
     with pytest.raises(ValueError, match="no batches"):
-        evaluation.evaluate_bpd(log_loss, 1.0, iter(()), jax.random.key(0),
-                                convention="continuous")
+        evaluation.evaluate(log_terms, 1.0, iter(()), jax.random.key(0))
 
 
 def test_json_record(tmp_path):
-    result = evaluation.BPDResult(bpd=2.5, stderr=0.01, count=10_000, num_t_samples=128,
-                                  convention="discrete", dim=3072)
-    path = tmp_path / "eval" / "bpd_test.json"
-    evaluation.write_bpd_json(str(path), result, checkpoint_step=391_000, split="test")
-    record = json.loads(path.read_text())
-    assert record == {"convention": "discrete", "num_t_samples": 128, "split": "test",
-                      "split_size": 10_000, "dim": 3072, "checkpoint_step": 391_000,
-                      "bpd": 2.5, "stderr": 0.01}
+    result = evaluation.Evaluation({"bpd": evaluation.MeanSE(2.5, 0.01)}, 10_000, 128)
+    path = tmp_path / "eval" / "7.json"
+    evaluation.write_json(str(path), result, checkpoint_step=7, split="test")
+    assert json.loads(path.read_text()) == {
+        "checkpoint_step": 7, "split": "test", "count": 10_000, "num_t_samples": 128,
+        "terms": {"bpd": {"mean": 2.5, "stderr": 0.01}}}
+
+
+def test_to_pixels_inverts_bin_centres():
+    k = np.arange(256)
+    np.testing.assert_array_equal(decoders.to_pixels(np.asarray(decoders.centred(k))), k)
+    np.testing.assert_array_equal(np.asarray(decoders.to_pixels(decoders.centred(k))), k)
+    assert decoders.to_pixels(np.array([-3.0, 3.0])).tolist() == [0, 255]
 
 
 def test_image_grid_layout_and_png(tmp_path):
@@ -129,3 +150,22 @@ def test_scatter_and_trajectory_pngs(tmp_path):
                                obstacle=((0.0, 0.0), 0.5), title="paths")
     for name in ("a/scatter.png", "traj.png"):
         assert mpl_image.imread(str(tmp_path / name)).shape == (500, 500, 4)
+
+
+def test_report_nelbo_per_example_is_the_evaluator(toy_config):
+    """``report_lib.nelbo_per_example`` (kept for the reports) goes through the one evaluator:
+    any N (padded), one value per point, and K-stratified points average to the same bound as
+    :func:`evaluation.evaluate` within their standard errors."""
+    from experiments import report_lib
+    from nfdm_jax.train import loop
+
+    exp = loop.setup(toy_config(), jax.devices()[:1])
+    params = loop.create_state(exp).params
+    x = np.stack([exp.data.eval["x"][i]["x"] for i in range(50)])
+    terms = report_lib.nelbo_per_example(exp.model, params, x, jax.random.key(0),
+                                         num_t_samples=4, chunk=16)
+    assert terms["total"].shape == (50,) and np.all(np.isfinite(terms["total"]))
+    result = evaluation.evaluate(exp.model.per_example, params, batches_of(x), jax.random.key(1),
+                                 num_t_samples=4)
+    spread = math.hypot(result.terms["total"].se, report_lib.mean_se(terms["total"]).se)
+    assert abs(result.terms["total"].mean - terms["total"].mean()) < 4 * spread

@@ -7,23 +7,23 @@ import pytest
 from nfdm_jax import drifts, forward, schedules, volatility
 from nfdm_jax.losses import prior_loss
 
-from core_nets import forward_net, init_mlp
-
 DIM = 3
 
 
-def _neural(key):
-    return forward.neural_forward(forward_net(init_mlp(key, [DIM + 2, 16, 2 * DIM])), 0.01)
+def _neural(key, core_nets):
+    net = core_nets.forward_net(core_nets.init_mlp(key, [DIM + 2, 16, 2 * DIM]))
+    return forward.neural_forward(net, 0.01)
 
 
-def _processes(key):
+def _processes(key, core_nets):
     """Every forward process as (name, forward(x, t))."""
     k1, k2, k3 = jax.random.split(key, 3)
     bridge = forward.bridge_forward(
-        lambda x0, x1, t: forward_net(init_mlp(k2, [DIM + 2, 16, 2 * DIM]))(x0 + x1, t))
+        lambda x0, x1, t: core_nets.forward_net(
+            core_nets.init_mlp(k2, [DIM + 2, 16, 2 * DIM]))(x0 + x1, t))
     x1 = jax.random.normal(k3, (4, DIM))
     return [
-        ("neural", _neural(k1)),
+        ("neural", _neural(k1, core_nets)),
         ("vp_linear", forward.vp_forward(schedules.linear_gamma())),
         ("vp_cosine", forward.vp_forward(schedules.cosine_gamma())),
         ("vp_learned", forward.vp_forward(
@@ -34,10 +34,10 @@ def _processes(key):
 
 
 @pytest.mark.parametrize("index", range(6))
-def test_jvp_time_derivatives_match_finite_differences(index):
+def test_jvp_time_derivatives_match_finite_differences(index, core_nets):
     with jax.enable_x64(True):
         key = jax.random.PRNGKey(index)
-        name, fwd = _processes(key)[index]
+        name, fwd = _processes(key, core_nets)[index]
         x = jax.random.normal(jax.random.PRNGKey(10), (4, DIM), jnp.float64)
         t = jnp.array([0.05, 0.3, 0.62, 0.93], jnp.float64)
         m = forward.marginal_and_velocity(fwd, x, t)
@@ -52,10 +52,10 @@ def test_jvp_time_derivatives_match_finite_differences(index):
         np.testing.assert_array_equal(m.log_sigma, ls)
 
 
-def test_ode_drift_is_velocity_of_the_path():
+def test_ode_drift_is_velocity_of_the_path(core_nets):
     """f(z_t, t, x) equals d/dt F(ε, t, x) for fixed ε and x."""
     with jax.enable_x64(True):
-        fwd = _neural(jax.random.PRNGKey(0))
+        fwd = _neural(jax.random.PRNGKey(0), core_nets)
         x = jax.random.normal(jax.random.PRNGKey(1), (4, DIM), jnp.float64)
         eps = jax.random.normal(jax.random.PRNGKey(2), (4, DIM), jnp.float64)
         t = jnp.array([0.1, 0.4, 0.5, 0.8])
@@ -71,8 +71,8 @@ def test_ode_drift_is_velocity_of_the_path():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_neural_forward_boundary_conditions(seed):
-    fwd = _neural(jax.random.PRNGKey(seed))
+def test_neural_forward_boundary_conditions(seed, core_nets):
+    fwd = _neural(jax.random.PRNGKey(seed), core_nets)
     x = 3.0 * jax.random.normal(jax.random.PRNGKey(seed + 7), (5, DIM))
     mu0, ls0 = fwd(x, jnp.zeros(5))
     mu1, ls1 = fwd(x, jnp.ones(5))
@@ -86,10 +86,11 @@ def test_neural_forward_boundary_conditions(seed):
     assert float(jnp.max(jnp.abs(mu_mid - 0.5 * x))) > 1e-3
 
 
-def test_bridge_is_pinned_at_both_ends():
+def test_bridge_is_pinned_at_both_ends(core_nets):
     key = jax.random.PRNGKey(3)
     bridge = forward.bridge_forward(
-        lambda x0, x1, t: forward_net(init_mlp(key, [DIM + 2, 16, 2 * DIM]))(x0 - x1, t),
+        lambda x0, x1, t: core_nets.forward_net(
+            core_nets.init_mlp(key, [DIM + 2, 16, 2 * DIM]))(x0 - x1, t),
         delta=0.02)
     x0 = jax.random.normal(jax.random.PRNGKey(4), (5, DIM))
     x1 = jax.random.normal(jax.random.PRNGKey(5), (5, DIM)) + 2.0
@@ -131,8 +132,8 @@ def test_learned_schedule_is_monotone_with_learnable_endpoints():
     assert all(bool(jnp.any(v != 0)) for v in jax.tree_util.tree_leaves(grads))
 
 
-def test_score_is_gradient_of_gaussian_log_density():
-    fwd = _neural(jax.random.PRNGKey(1))
+def test_score_is_gradient_of_gaussian_log_density(core_nets):
+    fwd = _neural(jax.random.PRNGKey(1), core_nets)
     x = jax.random.normal(jax.random.PRNGKey(2), (4, DIM))
     t = jnp.array([0.2, 0.5, 0.7, 0.9])
     m = forward.marginal_and_velocity(fwd, x, t)
@@ -144,8 +145,8 @@ def test_score_is_gradient_of_gaussian_log_density():
     np.testing.assert_allclose(drifts.score(m, z), jax.grad(log_q)(z), rtol=1e-5)
 
 
-def test_reverse_drift_difference_equals_direct_difference():
-    fwd = _neural(jax.random.PRNGKey(4))
+def test_reverse_drift_difference_equals_direct_difference(core_nets):
+    fwd = _neural(jax.random.PRNGKey(4), core_nets)
     x, x_hat, z = (jax.random.normal(jax.random.PRNGKey(i), (4, DIM)) for i in (5, 6, 7))
     t = jnp.array([0.1, 0.3, 0.6, 0.95])
     g2 = jnp.array([0.5, 1.0, 2.0, 0.1])

@@ -9,7 +9,6 @@ import pytest
 
 from nfdm_jax import decoders, drifts, forward, losses, schedules, volatility
 
-import core_nets
 
 
 def _vdm_loss(gamma, x, t, eps, predictor):
@@ -141,7 +140,7 @@ def test_curvature_penalty_zero_on_straight_paths_positive_on_curved():
     assert bool(jnp.all(curved.curvature > 1e-3))
 
 
-def test_curvature_penalty_equals_finite_difference_of_drift_along_path():
+def test_curvature_penalty_equals_finite_difference_of_drift_along_path(core_nets):
     with jax.enable_x64(True):
         params = core_nets.init_all(jax.random.PRNGKey(0), 2)
         fwd = forward.neural_forward(core_nets.forward_net(params["forward"]))
@@ -167,7 +166,7 @@ def test_obstacle_penalty_is_positive_inside_the_disc_only():
     np.testing.assert_allclose(c(jnp.array([[0.0, 0.5], [2.0, 0.0]])), [0.5, 0.0])
 
 
-def _plain_losses(params, x, x1, key):
+def _plain_losses(params, x, x1, key, core_nets):
     """All three objectives with plain-jnp networks closed over ``params``."""
     fwd = forward.neural_forward(core_nets.forward_net(params["forward"]))
     pred = drifts.preconditioned(core_nets.predictor_net(params["predictor"]), 0.01)
@@ -186,12 +185,13 @@ def _plain_losses(params, x, x1, key):
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_losses_give_gradients_for_every_parameter_without_flax(which):
+def test_losses_give_gradients_for_every_parameter_without_flax(which, core_nets):
     params = core_nets.init_all(jax.random.PRNGKey(0), 2)
     x = jax.random.normal(jax.random.PRNGKey(1), (32, 2))
     x1 = jax.random.normal(jax.random.PRNGKey(2), (32, 2))
     grads = jax.jit(jax.grad(
-        lambda p: jnp.mean(_plain_losses(p, x, x1, jax.random.PRNGKey(3))[which])))(params)
+        lambda p: jnp.mean(_plain_losses(p, x, x1, jax.random.PRNGKey(3),
+                                         core_nets)[which])))(params)
     leaves = jax.tree_util.tree_leaves_with_path(grads)
     if which == 1:  # NFDM-OT has g ≡ 0: the volatility network is not part of it.
         leaves = [(p, g) for p, g in leaves if "volatility" not in jax.tree_util.keystr(p)]
@@ -200,13 +200,13 @@ def test_losses_give_gradients_for_every_parameter_without_flax(which):
         assert float(jnp.max(jnp.abs(g))) > 0, path
 
 
-def test_losses_work_under_vmap_and_do_not_retrace():
+def test_losses_work_under_vmap_and_do_not_retrace(core_nets):
     params = core_nets.init_all(jax.random.PRNGKey(0), 2)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(p, x, key):
-        return jnp.stack([v.mean() for v in _plain_losses(p, x, x[::-1], key)])
+        return jnp.stack([v.mean() for v in _plain_losses(p, x, x[::-1], key, core_nets)])
 
     for i in range(3):
         x = jax.random.normal(jax.random.PRNGKey(i), (16, 2))
@@ -215,7 +215,7 @@ def test_losses_work_under_vmap_and_do_not_retrace():
     # vmap over independent groups of a batch gives the same as calling per group.
     xs = jax.random.normal(jax.random.PRNGKey(9), (3, 8, 2))
     keys = jax.random.split(jax.random.PRNGKey(10), 3)
-    batched = jax.vmap(lambda x, k: _plain_losses(params, x, x[::-1], k)[0])(xs, keys)
-    single = _plain_losses(params, xs[1], xs[1][::-1], keys[1])[0]
+    batched = jax.vmap(lambda x, k: _plain_losses(params, x, x[::-1], k, core_nets)[0])(xs, keys)
+    single = _plain_losses(params, xs[1], xs[1][::-1], keys[1], core_nets)[0]
     np.testing.assert_allclose(batched[1], single, rtol=1e-5)
     chex.clear_trace_counter()

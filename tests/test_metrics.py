@@ -221,3 +221,41 @@ def test_sliced_wasserstein_known_values(gaussian_grid):
     assert abs(got - 0.5 * float(jnp.std(x))) < 1e-4, got
     with pytest.raises(ValueError):
         sample_distances.sliced_wasserstein(key, x, x[:10])
+
+
+# ---- offline Fréchet distance in a digits classifier's features ----------------------
+
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+    from nfdm_jax.data import sources
+    from nfdm_jax.metrics import classifier_features as cf
+
+    train, test = sources.digits("train").arrays, sources.digits("test").arrays
+    path = str(tmp_path_factory.mktemp("clf") / "digits_classifier.npz")
+    arrays = (train["x"], train["label"], test["x"], test["label"])
+    return cf.cached(path, *arrays), path, arrays
+
+
+def test_digits_classifier_is_accurate_and_cached(digits_classifier):
+    from nfdm_jax.metrics import classifier_features as cf
+
+    classifier, path, arrays = digits_classifier
+    assert classifier.test_accuracy > 0.85  # 10 classes: chance is 0.1
+    again = cf.cached(path, *arrays)  # loaded, not retrained
+    assert again.test_accuracy == classifier.test_accuracy
+    np.testing.assert_array_equal(cf.features(again.params, arrays[2][:5]),
+                                  cf.features(classifier.params, arrays[2][:5]))
+
+
+def test_classifier_frechet_orders_real_digits_below_noise(digits_classifier):
+    from nfdm_jax.metrics import classifier_features as cf
+
+    classifier, _, (x_train, _, x_test, _) = digits_classifier
+    test = cf.features(classifier.params, x_test)
+    same, same_se = cf.frechet_bootstrap(test, test, num_boot=10)
+    assert abs(same) < 1e-6 and same_se > 0
+    floor, floor_se = cf.frechet_bootstrap(cf.features(classifier.params, x_train), test, 10)
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, x_train.shape).astype(np.uint8)
+    far, _ = cf.frechet_bootstrap(cf.features(classifier.params, noise), test, num_boot=10)
+    assert far > floor + 10 * floor_se

@@ -1,6 +1,7 @@
 """Two processes × 2 fake CPU devices joined by ``jax.distributed`` (gloo collectives):
 train, save, resume; both processes hold the same parameters; their data rows are disjoint;
-a SIGTERM to one process makes both save the same step (JAX's pre-emption sync)."""
+a SIGTERM to one process makes both save the same step (JAX's pre-emption sync).
+Subprocess tests: marked slow (``pytest -m slow``)."""
 import json
 import os
 import re
@@ -22,18 +23,21 @@ import numpy as np
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 address, pid, workdir, num_steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 jax.distributed.initialize(address, num_processes=2, process_id=pid)
+from experiments import toy2d
 from nfdm_jax.data import BatchIterator
 from nfdm_jax.train import Checkpointer, loop
-from tests.test_train import toy_config
 
-config = toy_config(**{"train.num_steps": num_steps, "train.eval_every": 3})
+config = toy2d.get_config("tiny")
+config.unlock()
+config.train.num_steps, config.train.eval_every = num_steps, 3
+config.lock()
 ckpt = Checkpointer(workdir, 3)
 resumed_from = ckpt.latest_step()
 ckpt.close()
 state = loop.train(config, workdir)
 exp = loop.setup(config)
 it = BatchIterator(exp.data.train, config.train.batch_size, exp.mesh, config.seed)
-rows = [it.global_indices(0, "x", s)[it._rows].tolist() for s in range(3)]
+rows = [it.local_indices(0, s).tolist() for s in range(3)]
 it.close()
 # Parameters are replicated: every process holds a full copy on its first local device.
 leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
@@ -63,6 +67,7 @@ def run_pair(workdir, num_steps):
     return results
 
 
+@pytest.mark.slow
 def test_two_processes_train_save_resume_agree(tmp_path):
     first = run_pair(tmp_path, 3)
     assert [r["devices"] for r in first] == [[2, 4], [2, 4]]

@@ -9,23 +9,22 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nfdm_jax import drifts, forward, sampling, volatility
 
-from gaussian_oracle import EIGS, GAMMA, MEAN, Q, alpha2_sigma2, exact_predictor, marginal
 
-
-def exact_flow_map(z1, t_end):
+def exact_flow_map(z1, t_end, oracle):
     """Probability-flow ODE from t = 1 to t_end: each eigen-coordinate is scaled by √(v_t / v_1)."""
-    a2_1, s2_1 = alpha2_sigma2(jnp.ones(()))
-    a2_t, s2_t = alpha2_sigma2(jnp.full((), t_end))
-    scale = jnp.sqrt((a2_t * EIGS + s2_t) / (a2_1 * EIGS + s2_1))
-    return jnp.sqrt(a2_t) * MEAN + ((z1 - jnp.sqrt(a2_1) * MEAN) @ Q * scale) @ Q.T
+    a2_1, s2_1 = oracle.alpha2_sigma2(jnp.ones(()))
+    a2_t, s2_t = oracle.alpha2_sigma2(jnp.full((), t_end))
+    scale = jnp.sqrt((a2_t * oracle.eigs + s2_t) / (a2_1 * oracle.eigs + s2_1))
+    q, mean = oracle.q, oracle.mean
+    return jnp.sqrt(a2_t) * mean + ((z1 - jnp.sqrt(a2_1) * mean) @ q * scale) @ q.T
 
 
 @pytest.fixture(scope="module")
-def model(x64):
-    fwd = forward.vp_forward(GAMMA)
-    vol = volatility.vp_matching(GAMMA)
-    return dict(ode=drifts.generative_drift(fwd, exact_predictor, volatility.zero()),
-                sde=drifts.generative_drift(fwd, exact_predictor, vol), vol=vol)
+def model(x64, oracle):
+    fwd = forward.vp_forward(oracle.gamma)
+    vol = volatility.vp_matching(oracle.gamma)
+    return dict(ode=drifts.generative_drift(fwd, oracle.exact_predictor, volatility.zero()),
+                sde=drifts.generative_drift(fwd, oracle.exact_predictor, vol), vol=vol)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,8 @@ def test_time_grid():
         sampling.time_grid(0)
 
 
-def test_ode_samplers_follow_exact_flow_map(model, z1):
-    exact = exact_flow_map(z1, 0.0)
+def test_ode_samplers_follow_exact_flow_map(model, z1, oracle):
+    exact = exact_flow_map(z1, 0.0, oracle)
     heun = jax.jit(lambda z: sampling.ode_sample(model["ode"], z, nfe=79))(z1)
     euler = jax.jit(lambda z: sampling.ode_sample(model["ode"], z, nfe=400, method="euler"))(z1)
     adaptive = jax.jit(lambda z: sampling.adaptive_sample(
@@ -61,19 +60,19 @@ def test_ode_samplers_follow_exact_flow_map(model, z1):
     assert max_err(adaptive, exact) < 1e-6
 
 
-def test_adaptive_sample_to_intermediate_time_with_trajectory(model, z1):
+def test_adaptive_sample_to_intermediate_time_with_trajectory(model, z1, oracle):
     save_ts = jnp.array([1.0, 0.7, 0.3])
     sol = sampling.adaptive_sample(model["ode"], z1, solver="dopri5", rtol=1e-8, atol=1e-8,
                                    t_end=0.3, save_ts=save_ts)
-    assert max_err(sol.y, exact_flow_map(z1, 0.3)) < 1e-6
+    assert max_err(sol.y, exact_flow_map(z1, 0.3, oracle)) < 1e-6
     assert sol.trajectory.zs.shape == (3, 16, 3)
     for t, z in zip(save_ts, sol.trajectory.zs):
-        assert max_err(z, exact_flow_map(z1, float(t))) < 1e-6
+        assert max_err(z, exact_flow_map(z1, float(t), oracle)) < 1e-6
 
 
-def test_convergence_orders(model, z1):
+def test_convergence_orders(model, z1, oracle):
     """Halving the step divides the error by ~2 (Euler) and ~4 (Heun)."""
-    exact = exact_flow_map(z1, 0.0)
+    exact = exact_flow_map(z1, 0.0, oracle)
 
     def errors(method, steps):
         return [max_err(method(model["ode"], z1, num_steps=n, final_euler=False)
@@ -121,18 +120,18 @@ def test_adaptive_nfe_matches_counted_evaluations(model, z1):
     assert int(sol.nfe) == len(calls) and int(sol.num_steps) > 0
 
 
-def test_stochastic_and_deterministic_samples_match_data_moments(model):
+def test_stochastic_and_deterministic_samples_match_data_moments(model, oracle):
     """Started from the exact q(z_1) (with γ_max = 5 it is not quite N(0, I): α_1 = 0.08),
     both samplers must land on q(z_0). N = 40000: Monte Carlo standard errors are
     ≤ 0.005 (mean) and ≤ 0.007 (covariance); tolerances are about 4 of them."""
     key_prior, key_noise = jax.random.split(jax.random.key(2))
-    mean1, cov1 = marginal(1.0)
+    mean1, cov1 = oracle.marginal(1.0)
     noise = sampling.sample_prior(key_prior, (40_000, 3), jnp.float64)
     z = mean1[None] + noise @ np.linalg.cholesky(cov1).T
     em = jax.jit(lambda z, k: sampling.euler_maruyama(
         model["sde"], model["vol"], z, k, num_steps=500))(z, key_noise)
     heun = jax.jit(lambda z: sampling.ode_sample(model["ode"], z, nfe=49))(z)
-    mean, cov = marginal(0.0)
+    mean, cov = oracle.marginal(0.0)
     for samples in (np.asarray(em), np.asarray(heun)):
         np.testing.assert_allclose(samples.mean(axis=0), mean, atol=0.02)
         np.testing.assert_allclose(np.cov(samples, rowvar=False), cov, atol=0.03)

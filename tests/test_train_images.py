@@ -53,11 +53,28 @@ def test_cifar_mock_resume_equals_uninterrupted(cifar_run, tmp_path):
 
 
 @pytest.mark.slow  # a second U-Net compilation: ~1-2 min on 2 shared cores
-def test_digits_trains(tmp_path):
+def test_digits_trains_and_eval_reports_bpd_and_frechet(tmp_path):
     config = small(digits.get_config("tiny"), num_steps=4, eval_every=0, checkpoint_every=4)
     config.unlock()
     config.net.channels, config.net.forward_channels = 16, 8
+    config.sample.eval_nfe, config.sample.eval_num = (2,), 64
     config.lock()
     state = loop.train(config, str(tmp_path), jax.devices()[:1])
     assert int(state.step) == 4
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
+    metrics = loop.run_eval(config, str(tmp_path))
+    assert metrics["bpd_stderr"] > 0 and metrics["classifier_test_accuracy"] > 0.85
+    # Four training steps: samples are far from digits, farther than real training digits.
+    assert metrics["fd_nfe2"] > metrics["fd_floor"] + 3 * metrics["fd_floor_stderr"]
+    assert (tmp_path / "eval" / "digits_classifier.npz").exists()
+
+
+def test_fid_is_skipped_with_one_line_without_weights(caplog):
+    from types import SimpleNamespace
+
+    from nfdm_jax.train import quality
+
+    exp = SimpleNamespace(config=SimpleNamespace(sample=SimpleNamespace(inception_weights="")))
+    with caplog.at_level("INFO"):
+        assert quality.inception_fid(exp, None, jax.random.key(0)) == {}
+    assert "FID skipped" in caplog.text and "inception.py" in caplog.text

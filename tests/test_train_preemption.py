@@ -1,6 +1,7 @@
 """SIGTERM in the middle of ``experiments.run`` training: a clean save and exit 0, then a
 resume whose final parameters equal those of an uninterrupted run. Single-device runs
-(the subprocesses get no fake devices), since this is about the loop, not sharding."""
+(the subprocesses get no fake devices), since this is about the loop, not sharding.
+A subprocess test: marked slow (``pytest -m slow``)."""
 import os
 import signal
 import subprocess
@@ -8,9 +9,9 @@ import sys
 
 import chex
 import jax
+import pytest
 
 from nfdm_jax.train import Checkpointer, loop
-from tests.test_train import ATOL, RTOL, toy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 300
@@ -36,7 +37,9 @@ def restore_params(workdir, step, config):
     return jax.device_get(state.params)
 
 
-def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path, toy_config, sharding_tolerance):
+    rtol, atol = sharding_tolerance
     workdir = str(tmp_path / "run")
     proc = launch(workdir)
     for line in proc.stderr:  # wait until training is under way, then pre-empt
@@ -59,4 +62,4 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path):
                            "train.checkpoint_every": 100000, "train.log_every": 20})
     straight = loop.train(config, str(tmp_path / "straight"), jax.devices()[:1])
     chex.assert_trees_all_close(restore_params(workdir, STEPS, config),
-                                jax.device_get(straight.params), rtol=RTOL, atol=ATOL)
+                                jax.device_get(straight.params), rtol=rtol, atol=atol)

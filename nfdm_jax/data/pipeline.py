@@ -1,23 +1,31 @@
-"""Deterministic, resumable, per-process input iteration producing global ``jax.Array`` s.
+"""Deterministic, resumable, per-process input on grain, producing global ``jax.Array`` s.
 
-The batch of step ``s`` is a pure function of (seed, s): each field's source is read
-in a fresh permutation per epoch, ``permutation(seed, field, epoch)[pos·B:(pos+1)·B]``.
-The iterator's whole state is therefore ``{"step", "seed"}``, saved with checkpoints.
-Each process gathers only the rows of the global batch that its devices hold
-(:func:`process_rows`), then :func:`jax.make_array_from_process_local_data` assembles
-the global array without any cross-host traffic.
+Training: each field has one infinite ``grain.MapDataset`` stream of positions into its
+source, ``range(n).shuffle(seed_f).repeat()`` (a fresh permutation per epoch), and the
+global batch of step ``s`` is the examples at the stream's elements ``[s·B, (s+1)·B)``: a
+pure function of (seed, s), whatever the number of processes. A process keeps every P-th
+element (``stream[p::P]``, grain's sharding), batches them and reads its examples in one
+``map``, so processes read disjoint examples and only their own;
+:func:`jax.make_array_from_process_local_data` then assembles the global array with no
+cross-host traffic. grain's thread pool reads ahead (``prefetch`` dispatches).
+
+The iterator's state is ``{"step", "seed"}`` (JSON), saved with each checkpoint: the
+absolute step, rather than grain's own ``{"next_index"}``, which counts dispatches of
+one particular slice and so would not survive a change of ``steps_per_dispatch`` or of
+the process count. Resuming rebuilds the stream and slices it at ``step``.
+
+Evaluation: :func:`eval_batches` is one ordered pass over a split, padded with a mask.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Any, Iterator, Mapping
 
+import grain
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nfdm_jax.data.sources import Example, Source
+from nfdm_jax.data.sources import Source
 
 Batch = dict[str, jax.Array]
 
@@ -35,12 +43,30 @@ def process_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, ...],
     return slice(start, stop)
 
 
-def _gather(source: Source, indices: np.ndarray) -> Example:
+def _shard(rows: slice, global_batch: int) -> tuple[int, int]:
+    """(shard index, shard count) of a process holding ``rows`` of every global batch."""
+    local = rows.stop - rows.start
+    return rows.start // local, global_batch // local
+
+
+def field_seed(seed: int, field_index: int) -> int:
+    """The shuffle seed of one field (fields are drawn independently), in [0, 2³²)."""
+    return int(np.random.SeedSequence([seed, field_index]).generate_state(1)[0])
+
+
+def index_stream(length: int, seed: int, field_index: int) -> grain.MapDataset:
+    """The infinite stream of positions into one field's source: epoch after epoch, each a
+    fresh permutation (grain's ``shuffle`` then ``repeat``)."""
+    return grain.MapDataset.range(length).shuffle(seed=field_seed(seed, field_index)).repeat()
+
+
+def gather(source: Source, indices: np.ndarray) -> np.ndarray:
+    """``source``'s examples at ``indices`` stacked, ``[len(indices), ...]`` (the ``"x"``
+    field; one vectorised read when the source has ``take``, as in-memory arrays do)."""
     take = getattr(source, "take", None)
     if take is not None:
-        return take(indices)
-    examples = [source[int(i)] for i in indices]
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        return take(np.asarray(indices))["x"]
+    return np.stack([source[int(i)]["x"] for i in indices])
 
 
 class BatchIterator:
@@ -54,7 +80,7 @@ class BatchIterator:
       seed: the data seed.
       start_step: the step whose batch comes first (resuming).
       steps_per_dispatch: steps stacked on a leading axis for one ``lax.scan`` dispatch.
-      prefetch: batches prepared ahead by a background thread.
+      prefetch: dispatches read ahead by grain's threads.
     """
 
     def __init__(self, sources: Mapping[str, Source], global_batch: int, mesh: Mesh,
@@ -70,88 +96,98 @@ class BatchIterator:
         self.steps_per_dispatch = steps_per_dispatch
         self.sharding = NamedSharding(mesh, P(None, "data"))
         self._rows = process_rows(self.sharding, (steps_per_dispatch, global_batch), axis=1)
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._shard = _shard(self._rows, global_batch)
         self._step = start_step  # the step of the next batch handed out
-        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(start_step,), daemon=True)
-        self._thread.start()
+        streams = {f: self.local_stream(i, s) for i, (f, s) in enumerate(self.sources.items())}
+        # Element s of `per_step` is this process's rows of step start_step + s.
+        per_step = grain.MapDataset.range(start_step, start_step + 2 ** 62).map(
+            lambda step: {f: stream[step] for f, stream in streams.items()})
+        dispatches = per_step.batch(steps_per_dispatch)
+        self._iter = dispatches.to_iter_dataset(grain.ReadOptions(
+            num_threads=1, prefetch_buffer_size=prefetch)).__iter__()
+
+    def local_stream(self, field_index: int, source: Source) -> grain.MapDataset:
+        """This process's rows of every step of one field: element s is ``[b_local, ...]``.
+
+        grain's elements are positions, not examples, until the last ``map``: its
+        per-element cost (~20-30 µs here, most of it the index shuffle) would otherwise be
+        paid again per example for the read, and the read is one vectorised ``take``.
+        """
+        index, count = self._shard
+        local = self._rows.stop - self._rows.start
+        positions = index_stream(len(source), self.seed, field_index)[index::count].batch(local)
+        return positions.map(lambda indices: gather(source, indices))
 
     @property
     def state(self) -> dict[str, int]:
         """Everything needed to resume: the next step and the seed (JSON-serialisable)."""
         return {"step": self._step, "seed": self.seed}
 
-    def global_indices(self, field_index: int, field: str, step: int) -> np.ndarray:
-        """Indices into ``sources[field]`` of the global batch of ``step``, ``[global_batch]``."""
-        n = len(self.sources[field])
-        epoch, pos = divmod(step, n // self.global_batch)
-        key = (field_index, epoch)
-        if key not in self._perms:
-            self._perms = {k: v for k, v in self._perms.items() if k[0] != field_index}
-            self._perms[key] = np.random.default_rng([self.seed, field_index, epoch]).permutation(n)
-        return self._perms[key][pos * self.global_batch:(pos + 1) * self.global_batch]
+    def global_indices(self, field_index: int, step: int) -> np.ndarray:
+        """Positions in the field's source of the global batch of ``step``, ``[global_batch]``
+        (the union over processes; this process holds those of :meth:`local_indices`)."""
+        n = len(list(self.sources.values())[field_index])
+        stream = index_stream(n, self.seed, field_index)
+        return np.array([stream[i] for i in range(step * self.global_batch,
+                                                   (step + 1) * self.global_batch)])
 
-    def local_batch(self, step: int) -> dict[str, np.ndarray]:
-        """This process's rows of steps ``step .. step + steps_per_dispatch − 1``."""
-        out = {}
-        for i, (field, source) in enumerate(self.sources.items()):
-            per_step = [_gather(source, self.global_indices(i, field, s)[self._rows])["x"]
-                        for s in range(step, step + self.steps_per_dispatch)]
-            out[field] = np.stack(per_step)
-        return out
-
-    def _global(self, local: dict[str, np.ndarray]) -> Batch:
-        k, rows = self.steps_per_dispatch, self.global_batch
-        return {f: jax.make_array_from_process_local_data(
-            self.sharding, v, (k, rows) + v.shape[2:]) for f, v in local.items()}
-
-    def _produce(self, step: int) -> None:
-        try:
-            while not self._stop.is_set():
-                item = self._global(self.local_batch(step))
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                step += self.steps_per_dispatch
-        except Exception as e:  # Re-raised in the consumer, which owns error reporting.
-            self._queue.put(e)
+    def local_indices(self, field_index: int, step: int) -> np.ndarray:
+        """Positions in the field's source of this process's rows of ``step``."""
+        index, count = self._shard
+        return self.global_indices(field_index, step)[index::count]
 
     def __iter__(self) -> Iterator[Batch]:
         return self
 
     def __next__(self) -> Batch:
-        item = self._queue.get()
-        if isinstance(item, Exception):
-            raise item
-        self._step += self.steps_per_dispatch
-        return item
+        local = next(self._iter)
+        k, rows = self.steps_per_dispatch, self.global_batch
+        self._step += k
+        return {f: jax.make_array_from_process_local_data(self.sharding, v, (k, rows) + v.shape[2:])
+                for f, v in local.items()}
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        close = getattr(self._iter, "close", None)
+        if close is not None:
+            close()
+
+
+class _Padded:
+    """A source padded to ``length`` with copies of example 0, and ``"mask"`` (1 real, 0 pad);
+    every field is read at the same index (cycling a shorter second field)."""
+
+    def __init__(self, sources: Mapping[str, Source], length: int):
+        self.sources, self.length = dict(sources), length
+        self.n = len(next(iter(self.sources.values())))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        real = index < self.n
+        i = index if real else 0
+        out = {f: s[i % len(s)]["x"] for f, s in self.sources.items()}
+        out["mask"] = np.float32(real)
+        return out
 
 
 def eval_batches(sources: Mapping[str, Source], global_batch: int, mesh: Mesh
                  ) -> Iterator[dict[str, Any]]:
     """One ordered pass over the first source: every example exactly once.
 
-    The last batch is padded by repeating example 0 and ``"mask"`` ``[global_batch]``
-    (float32) marks real examples, so no example is dropped and shapes never change.
-    Other fields (a bridge's x_1) are read in order, cycling if shorter.
+    The split is padded to a multiple of ``global_batch`` with copies of example 0 and
+    ``"mask"`` ``[global_batch]`` (float32) marks real examples, so nothing is dropped and
+    shapes never change. Other fields (a bridge's x_1) are read at the same index, cycling
+    if shorter. Each process reads every P-th example of the padded split (grain's
+    sharding); the global batch is the union, so ``mask``-weighted sums are exact.
     """
     sharding = NamedSharding(mesh, P("data"))
     rows = process_rows(sharding, (global_batch,), axis=0)
-    first = next(iter(sources))
-    n = len(sources[first])
-    for start in range(0, n, global_batch):
-        index = np.arange(start, start + global_batch)
-        mask = (index < n).astype(np.float32)
-        local = {f: _gather(s, np.where(mask > 0, index, 0)[rows] % len(s))["x"]
-                 for f, s in sources.items()}
-        local["mask"] = mask[rows]
+    index, count = _shard(rows, global_batch)
+    n = len(next(iter(sources.values())))
+    padded = _Padded(sources, -(-n // global_batch) * global_batch)
+    local = grain.MapDataset.source(padded)[index::count].batch(rows.stop - rows.start)
+    for i in range(len(local)):
+        batch = local[i]
         yield {f: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:])
-               for f, v in local.items()}
+               for f, v in batch.items()}

@@ -95,16 +95,19 @@ def digits(split: str) -> ArraySource:
 
     Levels v ∈ {0..16} map to round(v · 255 / 16) so that the 8-bit likelihood
     conventions apply unchanged. The split is fixed: the first 1500 images train,
-    the remaining 297 test.
+    the remaining 297 test. Examples also hold the class, ``"label"`` (int32, for the
+    classifier of ``nfdm_jax.metrics.classifier_features``).
     """
     from sklearn.datasets import load_digits
 
-    images = load_digits().images  # [1797, 8, 8] floats in {0..16}
+    digits = load_digits()
+    images = digits.images  # [1797, 8, 8] floats in {0..16}
     pixels = np.round(images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    parts = {"train": pixels[:1500], "test": pixels[1500:]}
+    labels = digits.target.astype(np.int32)
+    parts = {"train": slice(0, 1500), "test": slice(1500, None)}
     if split not in parts:
         raise ValueError(f"digits has splits {sorted(parts)}, not {split!r}")
-    return ArraySource({"x": parts[split]})
+    return ArraySource({"x": pixels[parts[split]], "label": labels[parts[split]]})
 
 
 def image_folder(root: str, resolution: int) -> ArraySource:

@@ -1,10 +1,9 @@
-"""Drawing samples from a trained model with nfdm_jax.sampling, and turning them into images."""
+"""Drawing samples from a trained model with nfdm_jax.sampling (pixels: ``decoders.to_pixels``)."""
 from __future__ import annotations
 
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
 from nfdm_jax import sampling
 from nfdm_jax.models import Model, Params
@@ -26,9 +25,3 @@ def generate(model: Model, params: Params, key: jax.Array, num: int, method: str
     if method == "ode":
         return sampling.ode_sample(model.ode_drift_fn(params, x1), z, nfe=steps, method="heun")
     raise ValueError(f"config.sample.method={method!r}; choose 'sde' or 'ode'")
-
-
-@jax.jit
-def to_pixels(z: jax.Array) -> jax.Array:
-    """z_0 in [−1, 1] → uint8 pixels, nearest bin centre (the discrete decoder's mode)."""
-    return jnp.clip(jnp.round((z + 1.0) * 128.0 - 0.5), 0, 255).astype(jnp.uint8)

@@ -9,7 +9,7 @@ checkpoints), and stops cleanly on SIGTERM.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import math
 import os
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -21,12 +21,13 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from nfdm_jax import evaluation, plotting
+from nfdm_jax import decoders, evaluation, plotting
 from nfdm_jax.data import BatchIterator, DatasetSpec, eval_batches, make_datasets
 from nfdm_jax.models import Model
-from nfdm_jax.train import generate, sharding, step as steps
+from nfdm_jax.train import generate, quality, sharding, step as steps
 from nfdm_jax.train import validation
 from nfdm_jax.train.checkpointing import CheckpointError, Checkpointer, CorruptCheckpoint
+from nfdm_jax.train.progress import CompileTimer, Progress, info, summary
 from nfdm_jax.train.optimizer import learning_rate, make_optimizer
 from nfdm_jax.train.preemption import Preemption
 from nfdm_jax.train.state import TrainState
@@ -57,19 +58,6 @@ class Experiment:
     def eval_batch_size(self) -> int:
         return self.config.train.eval_batch_size or self.config.train.batch_size
 
-    @functools.cached_property
-    def batch_nats(self) -> Callable:
-        """Per-example objective in nats, ``(params, x, key) -> [B]`` (one object, so
-        :func:`nfdm_jax.evaluation.evaluate_bpd` compiles once)."""
-        return lambda params, x, key: self.model.per_example(params, {"x": x}, key)["total"]
-
-    @functools.cached_property
-    def eval_step(self) -> Callable:
-        """The jitted :func:`steps.make_eval_step`, compiled once per experiment."""
-        return jax.jit(steps.make_eval_step(self.model, self.config.train.eval_t_samples),
-                       in_shardings=(self.state_shardings.params,
-                                     sharding.batch_sharding(self.mesh, False),
-                                     sharding.replicated(self.mesh)))
 
 
 def setup(config: ml_collections.ConfigDict,
@@ -126,16 +114,42 @@ def check_data_state(config: ml_collections.ConfigDict, step: int, data_state: A
                               f"but config.seed={config.seed}; use the same seed")
 
 
-def evaluate(exp: Experiment, params: Any) -> dict[str, float]:
-    """Test-split means of every objective term (``bpd`` included): one ordered pass,
-    padded and masked, ``config.train.eval_t_samples`` t-samples per example."""
-    totals: dict[str, jax.Array] = {}
-    for i, batch in enumerate(eval_batches(exp.data.eval, exp.eval_batch_size, exp.mesh)):
-        sums = exp.eval_step(params, batch, jax.random.fold_in(exp.key(_EVAL), i))
-        totals = sums if not totals else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals.pop("count"))
-    return {k: float(v) / count for k, v in totals.items()}
+def honest_names(model: Model, metrics: dict[str, float]) -> dict[str, float]:
+    """NFDM-OT's objective (velocity-matching error ``match`` + λ·``curvature``, squared
+    velocity units) is not a likelihood bound, so its ``"bpd"`` (total / (D ln 2)) is
+    reported as ``"loss"``, total / D, the number training minimises (and logs as ``loss``)."""
+    if model.name != "nfdm_ot":
+        return metrics
+    out = dict(metrics)
+    for suffix in ("", "_stderr"):
+        if "bpd" + suffix in out:
+            value = out.pop("bpd" + suffix) * math.log(2.0)
+            out.setdefault("loss" + suffix, value)
+    return out
+
+
+def honest_terms(model: Model, result: evaluation.Evaluation) -> evaluation.Evaluation:
+    """:func:`honest_names` applied to an evaluation's terms."""
+    named = honest_names(model, {k: v.mean for k, v in result.terms.items()})
+    ses = honest_names(model, {k + "_stderr": v.se for k, v in result.terms.items()})
+    terms = {k: evaluation.MeanSE(v, ses[k + "_stderr"]) for k, v in named.items()}
+    return dataclasses.replace(result, terms=terms)
+
+
+def evaluate(exp: Experiment, params: Any) -> evaluation.Evaluation:
+    """Every objective term on the eval split, mean ± standard error (one ordered, padded
+    pass; ``config.train.eval_t_samples`` t-samples per example; names from the model)."""
+    batches = eval_batches(exp.data.eval, exp.eval_batch_size, exp.mesh)
+    total = math.ceil(len(next(iter(exp.data.eval.values()))) / exp.eval_batch_size)
+    progress = Progress("eval", total, unit="batches")
+    return evaluation.evaluate(exp.model.per_example, params, batches, exp.key(_EVAL),
+                               num_t_samples=exp.config.train.eval_t_samples,
+                               progress=progress.update)
+
+
+def eval_metrics(exp: Experiment, params: Any) -> dict[str, float]:
+    """:func:`evaluate` as ``{term: mean, term_stderr: se}`` with honest names."""
+    return honest_terms(exp.model, evaluate(exp, params)).means()
 
 
 def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
@@ -147,9 +161,10 @@ def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
         batch = next(eval_batches({"x": exp.data.eval["x1"]}, s.num, exp.mesh))
         x1 = exp.model.condition({"x1": batch["x"]})
     draw = jax.jit(lambda p, k, c: generate.generate(exp.model, p, k, s.num, s.method, s.steps, c))
+    info("sampling %d with %s, %d steps…", s.num, s.method, s.steps)
     z = draw(params, exp.key(_SAMPLE), x1)
     images = len(exp.model.shape) == 3
-    out = multihost_utils.process_allgather(generate.to_pixels(z) if images else z, tiled=True)
+    out = multihost_utils.process_allgather(decoders.to_pixels(z) if images else z, tiled=True)
     path = os.path.join(workdir, "samples", f"{step}.npz")
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -184,12 +199,20 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     Returns the final state. Exits early (returning the saved state) on SIGTERM or a
     multi-host pre-emption notice. Raises ``FloatingPointError`` naming the step and last
     good checkpoint on non-finite metrics or state (nothing non-finite is ever saved).
+    Logs a progress line (steps/s, ETA) with the metrics and ends with a summary line.
     """
+    t0 = time.perf_counter()
     exp = setup(config, devices, data)
     t = config.train
     ckpt = Checkpointer(workdir, t.max_to_keep, t.async_checkpointing)
     state, step = restore_or_create(exp, ckpt)
     write_config(config, workdir)  # only now: every check passed and the state restored
+    if step >= t.num_steps:
+        info("[done] %s is already complete: checkpoint %d of config.train.num_steps=%d in %s "
+             "(raise --config.train.num_steps to train further, or use --mode=eval / sample)",
+             workdir, step, t.num_steps, ckpt.directory)
+        ckpt.close()
+        return state
     batches = BatchIterator(exp.data.train, t.batch_size, exp.mesh, config.seed,
                             start_step=step, steps_per_dispatch=t.steps_per_dispatch)
     train_step = steps.jit_train_step(
@@ -199,10 +222,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     preemption = Preemption(ckpt.manager.reached_preemption)
     dispatch = 0
     pending: list[dict[str, jax.Array]] = []
-    last_time, last_step = time.perf_counter(), step
+    final_metrics: dict[str, float] = {}
     try:
+        first = next(batches)
+        with CompileTimer(workdir, "the train step"):
+            train_step = train_step.lower(state, first).compile()
+        progress = Progress("train", t.num_steps, start=step)
+        last_time, last_step = time.perf_counter(), step
         while step < t.num_steps:
-            state, metrics = train_step(state, next(batches))
+            batch, first = (first, None) if first is not None else (next(batches), None)
+            state, metrics = train_step(state, batch)
             pending.append(metrics)
             prev, step = step, step + t.steps_per_dispatch
             final = step >= t.num_steps
@@ -221,11 +250,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 means["step_time"] = (now - last_time) / (step - last_step)
                 means["examples_per_sec"] = t.batch_size / means["step_time"]
                 last_time, last_step = now, step
-                writer.scalars(step, means, "train")
+                final_metrics = honest_names(exp.model, means)
+                writer.scalars(step, final_metrics, "train")
+                progress.update(step)
             if save:
                 ckpt.save(step, state, batches.state)
             if _crossed(prev, step, t.eval_every):
-                writer.scalars(step, evaluate(exp, state.ema_params), "eval")
+                evaluated = eval_metrics(exp, state.ema_params)
+                writer.scalars(step, evaluated, "eval")
+                final_metrics |= {f"eval_{k}": v for k, v in evaluated.items()}
             if _crossed(prev, step, config.sample.every):
                 sample(exp, state.ema_params, workdir, step)
             if preemption.should_stop(dispatch, save or _crossed(prev, step, t.log_every)):
@@ -239,20 +272,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         batches.close()
         ckpt.close()
         writer.close()
+    info("%s", summary("train", step, time.perf_counter() - t0, final_metrics,
+                       _outputs(workdir, ckpt.directory, step, config.sample.every > 0),
+                       rate=progress.rate()))
     return state
 
 
-def test_bpd(exp: Experiment, params: Any, workdir: str, step: int) -> dict[str, float]:
-    """BPD ± standard error with :func:`nfdm_jax.evaluation.evaluate_bpd`, recorded in
-    ``workdir/eval/bpd_<step>.json`` (likelihood models without a bridge source)."""
-    result = evaluation.evaluate_bpd(
-        exp.batch_nats, params, eval_batches(exp.data.eval, exp.eval_batch_size, exp.mesh),
-        exp.key(_EVAL), convention=exp.model.convention,
-        num_t_samples=exp.config.train.eval_t_samples)
-    if jax.process_index() == 0:
-        evaluation.write_bpd_json(os.path.join(workdir, "eval", f"bpd_{step}.json"), result,
-                                  checkpoint_step=step, split="eval")
-    return {"bpd": result.bpd, "bpd_stderr": result.stderr}
+def _outputs(workdir: str, checkpoints: str, step: int, samples: bool) -> dict[str, str]:
+    """Where a run's outputs are, for the summary line."""
+    out = {"checkpoint": os.path.join(checkpoints, str(step)),
+           "metrics": os.path.join(os.path.abspath(workdir), "tensorboard")}
+    if samples:
+        out["samples"] = os.path.join(os.path.abspath(workdir), "samples")
+    return out
 
 
 def _from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,
@@ -273,17 +305,25 @@ def _from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str,
              data: Optional[DatasetSpec] = None) -> dict[str, float]:
-    """Test-split metrics of the latest checkpoint's EMA parameters: every objective term,
-    and for likelihood models the BPD with its standard error (also written as JSON)."""
+    """Eval-split metrics of the latest checkpoint's EMA parameters: every objective term
+    with its standard error (``bpd`` for likelihood models) and, for images, the Fréchet
+    distances of :mod:`nfdm_jax.train.quality`; written to ``workdir/eval/<step>.json``."""
+    t0 = time.perf_counter()
 
-    def eval_metrics(exp: Experiment, params: Any, step: int) -> dict[str, float]:
-        metrics = evaluate(exp, params)
-        if not exp.model.bridge and exp.model.name != "nfdm_ot":
-            metrics |= test_bpd(exp, params, workdir, step)
+    def run(exp: Experiment, params: Any, step: int) -> dict[str, float]:
+        result = honest_terms(exp.model, evaluate(exp, params))
+        sample_quality = quality.sample_quality(exp, params, workdir, exp.key(_SAMPLE))
+        metrics = result.means() | sample_quality
         MetricWriter(workdir).scalars(step, metrics, "eval")
+        path = os.path.join(os.path.abspath(workdir), "eval", f"{step}.json")
+        if jax.process_index() == 0:
+            evaluation.write_json(path, result, checkpoint_step=step, split="eval",
+                                  sample_quality=sample_quality)
+        info("%s", summary(f"eval of checkpoint {step}", None, time.perf_counter() - t0,
+                           metrics, {"metrics": path}))
         return metrics
 
-    return _from_latest(config, workdir, "evaluate", eval_metrics, data)
+    return _from_latest(config, workdir, "evaluate", run, data)
 
 
 def run_sample(config: ml_collections.ConfigDict, workdir: str,

@@ -49,7 +49,7 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         d = ema_decay(state.step, ema)
         ema_params = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
-        metrics |= {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+        metrics |= {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                     "lr": schedule(state.step)}
         return TrainState(state.step + 1, params, ema_params, opt_state), metrics
 
@@ -64,23 +64,3 @@ def jit_train_step(step: TrainStep, mesh: Mesh, state_shardings: Any) -> Callabl
     """``jax.jit`` with explicit shardings; the state is donated (updated in place)."""
     return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh, True)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-
-
-def make_eval_step(model: Model, num_t_samples: int) -> Callable[[Any, Batch, jax.Array], Metrics]:
-    """Masked sums over a padded batch of the per-example terms, averaged over K t-samples.
-
-    Returns ``{term: sum over real examples}`` and ``"count"``; divide after summing
-    over batches. ``batch["mask"]`` ``[B]`` is 1 for real examples.
-    """
-
-    def eval_step(params: Any, batch: Batch, key: jax.Array) -> Metrics:
-        def sample(k: jax.Array) -> Metrics:
-            return model.per_example(params, batch, jax.random.fold_in(key, k))
-
-        terms = jax.lax.map(sample, jnp.arange(num_t_samples))  # [K, B] each; K in sequence
-        mask = batch["mask"]
-        out = {name: jnp.sum(jnp.mean(v, axis=0) * mask) for name, v in terms.items()}
-        out["count"] = jnp.sum(mask)
-        return out
-
-    return eval_step

@@ -31,18 +31,19 @@ def x64():
 
 
 def _toy_config(**overrides):
-    """The tiny 2-D config with dotted-path overrides, e.g. ``{"train.num_steps": 6}``."""
+    """The tiny 2-D config with dotted-path overrides, e.g. ``{"train.num_steps": 6}``
+    (top-level fields such as ``seed`` too)."""
     from experiments import toy2d
 
     c = toy2d.get_config("tiny")
     c.unlock()
     c.mesh.shard_min_size = 0  # shard every divisible parameter when mesh.model > 1
     for k, v in overrides.items():
-        node, *path = k.split(".")
-        target = c[node]
-        for p in path[:-1]:
+        *path, leaf = k.split(".")
+        target = c
+        for p in path:
             target = target[p]
-        target[path[-1]] = v
+        target[leaf] = v
     c.lock()
     return c
 

@@ -18,7 +18,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from experiments import run
 from nfdm_jax.train import Checkpointer, checkpointing, loop, validation
 from nfdm_jax.train.preemption import Preemption
-from tests.test_train import toy_config as _toy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # When one array of a corrupt checkpoint cannot be read, Orbax abandons the other arrays'
@@ -34,15 +33,6 @@ def _count_compile(event: str, *args, **kwargs) -> None:
 
 jax.monitoring.register_event_listener(_count_compile)
 jax.monitoring.register_event_duration_secs_listener(_count_compile)
-
-
-def toy_config(**overrides):
-    """The tiny toy config with ``{"a.b": value}`` overrides (top-level fields too)."""
-    top = {k: v for k, v in overrides.items() if "." not in k}
-    c = _toy_config(**{k: v for k, v in overrides.items() if "." in k})
-    with c.unlocked():
-        c.update(top)
-    return c
 
 
 def snapshot(root) -> dict | None:
@@ -66,7 +56,7 @@ NINE = {"train.num_steps": 9, "train.checkpoint_every": 3, "train.eval_every": 0
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, toy_config):
     """A workdir trained through ``experiments.run`` on 1 device: checkpoints 3, 6, 9."""
     workdir = str(tmp_path_factory.mktemp("trained") / "w")
     assert run.execute(toy_config(**NINE), workdir, "train", jax.devices()[:1]) == 0
@@ -78,7 +68,6 @@ def png_folder(root, bad: str) -> str:
     """An AFHQ-like tree whose train/cat folder holds a good, plus a corrupt or truncated, PNG."""
     from PIL import Image
 
-    buf = []
     for split in ("train", "val"):
         for animal in ("cat", "dog"):
             folder = os.path.join(root, split, animal)
@@ -170,14 +159,14 @@ def test_table_has_enough_cases():
     assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
 
 
-def test_batch_must_split_over_processes():
+def test_batch_must_split_over_processes(toy_config):
     with pytest.raises(validation.ConfigError, match="train.batch_size=8 .* of the 3 processes"):
         validation.check_config(toy_config(), jax.devices()[:1], process_count=3)
 
 
 @pytest.mark.parametrize("name,overrides,mode,kind,expected", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_before_compiling(name, overrides, mode, kind, expected, trained,
-                                                tmp_path, capsys):
+                                                tmp_path, capsys, toy_config):
     workdir, extra = _workdir(kind, trained, tmp_path)
     config = toy_config(**{**extra, **overrides})
     before = snapshot(workdir)
@@ -272,7 +261,8 @@ def corrupt(workdir: str, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["flipped", "truncated", "manifest", "no_fingerprint",
                                  "data_state"])
-def test_corrupt_newest_checkpoint_falls_back_and_is_kept(how, trained, tmp_path, caplog):
+def test_corrupt_newest_checkpoint_falls_back_and_is_kept(how, trained, tmp_path, caplog,
+                                                          toy_config):
     workdir = str(tmp_path / "w")
     shutil.copytree(trained, workdir)
     corrupt(workdir, how)
@@ -291,7 +281,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_is_kept(how, trained, tmp_path
     assert after == before
 
 
-def test_training_falls_back_and_reproduces_the_rejected_step(trained, tmp_path):
+def test_training_falls_back_and_reproduces_the_rejected_step(trained, tmp_path, toy_config):
     workdir = str(tmp_path / "w")
     shutil.copytree(trained, workdir)
     corrupt(workdir, "flipped")
@@ -303,7 +293,7 @@ def test_training_falls_back_and_reproduces_the_rejected_step(trained, tmp_path)
     assert os.path.exists(os.path.join(workdir, "checkpoints_rejected", fingerprint))
 
 
-def test_preemption_save_of_non_finite_state_fails(tmp_path, monkeypatch, capsys):
+def test_preemption_save_of_non_finite_state_fails(tmp_path, monkeypatch, capsys, toy_config):
     """Defect: a SIGTERM save skipped the NaN check, exited 0 and was resumed from."""
     monkeypatch.setattr(Preemption, "should_stop", lambda self, dispatch, synced: dispatch == 4)
     config = toy_config(**{"optim.lr": 1e30, "optim.clip_norm": 1e30, "optim.warmup_steps": 0,
@@ -315,7 +305,7 @@ def test_preemption_save_of_non_finite_state_fails(tmp_path, monkeypatch, capsys
     assert validation.checkpoint_steps(workdir) == []
 
 
-def test_sample_with_overrides_leaves_config_json(trained, capsys):
+def test_sample_with_overrides_leaves_config_json(trained, capsys, toy_config):
     before = open(os.path.join(trained, "config.json"), "rb").read()
     config = toy_config(**{**NINE, "sample.steps": 2, "sample.num": 16, "optim.lr": 0.5})
     assert run.execute(config, trained, "sample", jax.devices()[:1]) == 0

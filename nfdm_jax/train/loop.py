@@ -9,6 +9,7 @@ checkpoints), and stops cleanly on SIGTERM.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time

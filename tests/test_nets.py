@@ -271,3 +271,23 @@ def test_volatility_zero_init(shape):
     out = _init_apply(VolatilityMLP(), t)
     assert out.shape == shape
     np.testing.assert_array_equal(out, 0.0)
+
+
+@pytest.mark.parametrize("matmul", [True, False])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_matches_flax_conv_values_and_gradients(monkeypatch, matmul, kernel):
+    """Conv (patches @ kernel on CPU, an XLA convolution elsewhere) is nn.Conv: same
+    parameter tree, same outputs, same gradients for inputs and parameters."""
+    from nfdm_jax.nets import layers
+
+    monkeypatch.setattr(layers, "conv_as_matmul", lambda: matmul)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 3))
+    ours, ref = layers.Conv(5, kernel), flax.linen.Conv(5, (kernel, kernel), padding="SAME")
+    params = ours.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+    assert jax.tree.structure(params) == jax.tree.structure(ref.init(jax.random.PRNGKey(1), x))
+    loss = lambda net: lambda p, x: jnp.sum(jnp.sin(net.apply(p, x)))  # noqa: E731
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(params, x),
+                    jax.grad(loss(ref), argnums=(0, 1))(params, x)):
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5), a, b)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from nfdm_jax.nets.layers import (
     AttentionBlock,
+    Conv,
     Dtype,
     Resample,
     ResBlock,
@@ -109,10 +110,8 @@ class _ADMBackbone(nn.Module):
             x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
         emb = self._time_embedding(t, x.shape[0])
 
-        h = nn.Conv(
-            self.channels * self.channel_mults[0], (3, 3), padding="SAME",
-            dtype=self.dtype, param_dtype=self.param_dtype, name="in_conv",
-        )(x.astype(self.dtype))
+        h = Conv(self.channels * self.channel_mults[0], 3, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="in_conv")(x.astype(self.dtype))
         skips = [h]
         last = len(self.channel_mults) - 1
         for level, mult in enumerate(self.channel_mults):
@@ -136,10 +135,8 @@ class _ADMBackbone(nn.Module):
 
         # The head runs in float32: it is cheap and it sets the precision of the output.
         h = nn.silu(group_norm(h, self.norm_groups, name="out_norm"))
-        return nn.Conv(
-            out_channels, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
-            dtype=jnp.float32, param_dtype=self.param_dtype, name="out_conv",
-        )(h)
+        return Conv(out_channels, 3, nn.initializers.zeros, jnp.float32, self.param_dtype,
+                    name="out_conv")(h)
 
 
 class UNet(_ADMBackbone):

@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nfdm_jax.data import DatasetNotFoundError
-from nfdm_jax.train import CheckpointError, loop
+from nfdm_jax.train import CheckpointError, loop, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -69,6 +69,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_quiet_orbax)
+    runtime.enable_compilation_cache()  # reruns and resumes skip recompiling
     init_distributed()
     config, workdir = _CONFIG.value, _WORKDIR.value
     logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),

@@ -120,7 +120,8 @@ def _cost(obj) -> dict[str, float]:
 
 
 def median_step_time(run: Callable[[], Any], min_time: float, min_steps: int) -> float:
-    """Median wall time of ``run()`` (blocked on its result) over ≥ min_time s, ≥ min_steps calls."""
+    """Median wall time of ``run()`` (blocked on its result) over >= min_time s and
+    >= min_steps calls."""
     jax.block_until_ready(run())  # warm-up
     times: list[float] = []
     start = time.perf_counter()

@@ -275,14 +275,14 @@ def test_volatility_zero_init(shape):
 
 @pytest.mark.parametrize("matmul", [True, False])
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_conv_matches_flax_conv_values_and_gradients(monkeypatch, matmul, kernel):
+def test_conv_matches_flax_conv_values_and_gradients(matmul, kernel):
     """Conv (patches @ kernel on CPU, an XLA convolution elsewhere) is nn.Conv: same
     parameter tree, same outputs, same gradients for inputs and parameters."""
     from nfdm_jax.nets import layers
 
-    monkeypatch.setattr(layers, "conv_as_matmul", lambda: matmul)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 3))
-    ours, ref = layers.Conv(5, kernel), flax.linen.Conv(5, (kernel, kernel), padding="SAME")
+    ours = layers.Conv(5, kernel, impl="matmul" if matmul else "xla")
+    ref = flax.linen.Conv(5, (kernel, kernel), padding="SAME")
     params = ours.init(jax.random.PRNGKey(1), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
     assert jax.tree.structure(params) == jax.tree.structure(ref.init(jax.random.PRNGKey(1), x))

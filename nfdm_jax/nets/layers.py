@@ -65,19 +65,26 @@ def _patches(x: jax.Array, k: int) -> jax.Array:
         [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(k) for dx in range(k)], axis=-1)
 
 
-def conv_as_matmul() -> bool:
-    """Whether :class:`Conv` runs as one matmul over patches: on CPU, where XLA's small
-    convolutions, and above all their gradients, run ~20x slower than the same FLOPs as a
-    matmul (digits step: 90 % of the time in 341 convolutions). GPUs/TPUs keep convolutions."""
-    return jax.default_backend() == "cpu"
+ConvImpl = Literal["auto", "xla", "matmul"]
+CONV_IMPLS = ("auto", "xla", "matmul")
+
+
+def conv_as_matmul(impl: ConvImpl) -> bool:
+    """Whether :class:`Conv` runs as one matmul over patches. ``"auto"``: on CPU, where
+    XLA's small convolutions, and above all their gradients, run ~20x slower than the same
+    FLOPs as a matmul (digits step: 90 % of its time in 341 convolutions); GPUs and TPUs
+    keep XLA's convolutions, which need no k²-fold patch buffers."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv implementation {impl!r}; choose from {CONV_IMPLS}")
+    return impl == "matmul" or (impl == "auto" and jax.default_backend() == "cpu")
 
 
 class Conv(nn.Module):
     """Stride-1 'SAME' convolution with an odd square kernel, NHWC; the parameters
     (``kernel`` [k, k, C, O], ``bias`` [O]) and the result are those of ``nn.Conv``.
 
-    On CPU (:func:`conv_as_matmul`) it is computed as [B·H·W, k²C] @ [k²C, O] on
-    explicit patches; elsewhere as an XLA convolution.
+    With ``impl`` "matmul" (or "auto" on CPU, :func:`conv_as_matmul`) it is computed as
+    [B·H·W, k²C] @ [k²C, O] on explicit patches; otherwise as an XLA convolution.
     """
 
     features: int
@@ -85,6 +92,7 @@ class Conv(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    impl: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -95,7 +103,7 @@ class Conv(nn.Module):
                             self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if conv_as_matmul():
+        if conv_as_matmul(self.impl):
             y = jnp.dot(_patches(x, k), kernel.reshape(-1, self.features))
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
@@ -135,12 +143,13 @@ class ResBlock(nn.Module):
     resample: Resample = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv: ConvImpl = "auto"
 
     def _conv(
         self, features: int, kernel: int, zero: bool = False, name: str | None = None
     ) -> Conv:
         init = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
-        return Conv(features, kernel, init, self.dtype, self.param_dtype, name=name)
+        return Conv(features, kernel, init, self.dtype, self.param_dtype, self.conv, name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from nfdm_jax.nets.layers import (
     AttentionBlock,
     Conv,
+    ConvImpl,
     Dtype,
     Resample,
     ResBlock,
@@ -40,6 +41,8 @@ class _ADMBackbone(nn.Module):
       dtype: compute dtype; the output is always float32.
       param_dtype: parameter dtype.
       remat: rematerialise every residual/attention block in the backward pass.
+      conv: convolution implementation, see `layers.conv_as_matmul` ("auto": matmuls on
+        CPU, XLA convolutions elsewhere).
     """
 
     channels: int = 128
@@ -55,6 +58,7 @@ class _ADMBackbone(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    conv: ConvImpl = "auto"
 
     def _check_inputs(self, x: jax.Array, cond: jax.Array | None) -> None:
         if x.ndim != 4:
@@ -70,7 +74,7 @@ class _ADMBackbone(nn.Module):
         cls = _RematResBlock if self.remat else ResBlock
         return cls(
             out_channels, self.dropout, self.norm_groups, resample,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            dtype=self.dtype, param_dtype=self.param_dtype, conv=self.conv, name=name,
         )
 
     def _attention(self, name: str) -> AttentionBlock:
@@ -111,7 +115,7 @@ class _ADMBackbone(nn.Module):
         emb = self._time_embedding(t, x.shape[0])
 
         h = Conv(self.channels * self.channel_mults[0], 3, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name="in_conv")(x.astype(self.dtype))
+                 param_dtype=self.param_dtype, impl=self.conv, name="in_conv")(x.astype(self.dtype))
         skips = [h]
         last = len(self.channel_mults) - 1
         for level, mult in enumerate(self.channel_mults):
@@ -136,7 +140,7 @@ class _ADMBackbone(nn.Module):
         # The head runs in float32: it is cheap and it sets the precision of the output.
         h = nn.silu(group_norm(h, self.norm_groups, name="out_norm"))
         return Conv(out_channels, 3, nn.initializers.zeros, jnp.float32, self.param_dtype,
-                    name="out_conv")(h)
+                    self.conv, name="out_conv")(h)
 
 
 class UNet(_ADMBackbone):

@@ -10,10 +10,12 @@ Per model (the config's, then ``:vdm`` on the same predictor U-Net unless ``--no
 it prints one JSON line and, at the end, a table with:
 
 * ``compile_s``: lowering + XLA compilation of the real jitted train step (the persistent
-  compilation cache is off here, so this is a cold compile);
+  compilation cache is off here, so this is a cold compile); ``compile_cpu_s`` its CPU time;
 * ``gflop_per_step``: XLA's cost analysis of the lowered step (exact, load-independent);
 * ``steps_per_s``, ``examples_per_s``: 1 / median dispatch time over ``--min_time`` seconds
-  (at least ``--min_steps`` dispatches, after a warm-up), per optimiser step;
+  (at least ``--min_steps`` dispatches, after a warm-up), per optimiser step; on CPU also
+  ``cpu_s_per_step`` (process CPU time, all threads) and ``load_avg``, since wall times on
+  a shared machine measure the other jobs too;
 * ``achieved_tflops``, ``mfu``: FLOPs per step × steps/s, against ``--peak_tflops`` if given,
   else a matmul peak measured in this process (``peak_source`` says which);
 * ``temp_gib``, ``args_gib``, ``out_gib``: the compiled step's own buffers from
@@ -119,17 +121,18 @@ def _cost(obj) -> dict[str, float]:
     return dict(cost or {})
 
 
-def median_step_time(run: Callable[[], Any], min_time: float, min_steps: int) -> float:
+def median_step_time(run: Callable[[], Any], min_time: float,
+                     min_steps: int) -> tuple[float, float]:
     """Median wall time of ``run()`` (blocked on its result) over >= min_time s and
-    >= min_steps calls."""
+    >= min_steps calls, and this process's mean CPU time (all threads) per call."""
     jax.block_until_ready(run())  # warm-up
     times: list[float] = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while len(times) < min_steps or time.perf_counter() - start < min_time:
         t0 = time.perf_counter()
         jax.block_until_ready(run())
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), (time.process_time() - cpu) / len(times)
 
 
 def matmul_peak_tflops(dtype: Any, n: Optional[int] = None) -> float:
@@ -139,7 +142,7 @@ def matmul_peak_tflops(dtype: Any, n: Optional[int] = None) -> float:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     f = jax.jit(lambda a, b: a @ b)
-    return 2 * n ** 3 / median_step_time(lambda: f(a, b), 2.0, 5) / 1e12
+    return 2 * n ** 3 / median_step_time(lambda: f(a, b), 2.0, 5)[0] / 1e12
 
 
 def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Optional[float],
@@ -150,7 +153,7 @@ def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Opti
     out: dict[str, Any] = {"model": config.model.name, "batch": config.train.batch_size,
                            "dtype": config.net.dtype, "steps_per_dispatch": spd,
                            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}"}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     lowered = s.fn.lower(s.abstract_state, s.abstract_batch)
     lower_s = time.perf_counter() - start
     # A lax.scan over steps is one while loop, whose body cost analysis counts once.
@@ -161,6 +164,7 @@ def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Opti
     start = time.perf_counter()
     compiled = lowered.compile()
     out["compile_s"] = lower_s + time.perf_counter() - start
+    out["compile_cpu_s"] = time.process_time() - cpu
     mem = compiled.memory_analysis()
     if mem is not None:
         out["temp_gib"] = mem.temp_size_in_bytes / GIB
@@ -175,8 +179,14 @@ def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Opti
         state, metrics = compiled(state, batch)
         return metrics
 
-    per_step = median_step_time(run, min_time, min_steps) / spd
+    per_step, cpu_per_dispatch = median_step_time(run, min_time, min_steps)
+    per_step /= spd
     out["steps_per_s"] = 1.0 / per_step
+    if jax.default_backend() == "cpu":
+        # On a shared machine wall time depends on the other jobs; CPU time much less so
+        # (on an idle machine with N cores, wall >= cpu / N).
+        out["cpu_s_per_step"] = cpu_per_dispatch / spd
+        out["load_avg"] = os.getloadavg()[0]
     out["examples_per_s"] = config.train.batch_size / per_step
     out["achieved_tflops"] = out["gflop_per_step"] / 1e3 / per_step
     if peak_tflops is None:
@@ -188,8 +198,9 @@ def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Opti
     return out
 
 
-_COLUMNS = ("model", "batch", "dtype", "compile_s", "gflop_per_step", "steps_per_s",
-            "examples_per_s", "achieved_tflops", "peak_tflops", "mfu", "temp_gib", "args_gib")
+_COLUMNS = ("model", "batch", "dtype", "compile_s", "compile_cpu_s", "gflop_per_step", "steps_per_s",
+            "examples_per_s", "cpu_s_per_step", "achieved_tflops", "peak_tflops", "mfu",
+            "temp_gib", "args_gib")
 
 
 def table(rows: list[dict[str, Any]]) -> str:

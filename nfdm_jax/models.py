@@ -291,4 +291,5 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
                  if n[k] is not None}
     preset = dataclasses.replace(nets.get_preset(n.preset), image_shape=tuple(shape),
                                  cond_channels=shape[-1] if bridge else 0, **overrides)
-    return nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv)
+    return nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv,
+                              n.forward_remat_elementwise)

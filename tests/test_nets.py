@@ -153,14 +153,24 @@ def test_bf16_close_to_f32(tiny):
     assert 0.0 < _rel_err(out16, out32) < 1e-2
 
 
-def test_remat_same_outputs_and_grads(tiny):
+@pytest.mark.parametrize("kind", ["full", pytest.param("elementwise", marks=pytest.mark.slow)])
+def test_remat_same_outputs_and_grads(tiny, kind):
+    """Full and elementwise-only remat change memory, not values. The elementwise policy
+    (for the forward net) is checked through the time jvp the forward process takes."""
     net, x, t, params = tiny
-    remat_net, _ = make_networks("tiny", remat=True)
+    remat_net = net.clone(remat=kind == "full", remat_elementwise=kind == "elementwise")
     remat_shapes = jax.eval_shape(remat_net.init, jax.random.key(0), x, t)["params"]
     assert jax.tree.map(jnp.shape, remat_shapes) == jax.tree.map(jnp.shape, params)
 
     def loss_and_grad(module, p):
-        return jax.value_and_grad(lambda q: jnp.mean(module.apply({"params": q}, x, t) ** 2))(p)
+        def loss(q):
+            if kind == "full":
+                return jnp.mean(module.apply({"params": q}, x, t) ** 2)
+            out, dout = jax.jvp(lambda tt: module.apply({"params": q}, x, tt), (t,),
+                                (jnp.ones_like(t),))
+            return jnp.mean(out ** 2) + jnp.mean(dout ** 2)
+
+        return jax.value_and_grad(loss)(p)
 
     @jax.jit  # one compilation for both: compiling dominates the runtime
     def both(p):

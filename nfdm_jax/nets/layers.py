@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 Resample = Literal["none", "down", "up"]
@@ -66,6 +67,7 @@ def _patches(x: jax.Array, k: int) -> jax.Array:
 
 
 ConvImpl = Literal["auto", "xla", "matmul"]
+CONV_NAME = "conv"
 CONV_IMPLS = ("auto", "xla", "matmul")
 
 
@@ -108,7 +110,8 @@ class Conv(nn.Module):
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        # Named so that a remat policy can keep convolution outputs (see unet.py).
+        return checkpoint_name(y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,)), CONV_NAME)
 
 
 def downsample(x: jax.Array) -> jax.Array:

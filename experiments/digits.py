@@ -5,10 +5,17 @@ Launch (CPU is enough)::
     python -m experiments.run --config=experiments/digits.py --workdir=/tmp/nfdm_digits
 
 1797 images with 17 grey levels mapped to round(v · 255 / 16); 1500 train, 297 test.
-A small U-Net directly on 8×8×1 (the ``tiny`` preset at 16 channels, forward net 8),
-discrete likelihood, δ = 1e-3 (see cifar10.py for why not 0.01). Sized for a CPU:
-XLA's CPU convolutions are slow (~2 s per step at batch 32 on a shared 2-core VM,
-after ~3 min of compilation), so the default run is 600 steps.
+A small U-Net directly on 8×8×1 (the ``digits`` preset: one level, 32 channels, forward
+net 16), discrete likelihood, δ = 1e-3 (see cifar10.py for why not 0.01). Sized for 2 CPU
+cores: 600 steps at batch 32, 10 per dispatch, in ~3 min on an idle machine compile
+included (measured: 176 s of CPU time for the whole run, train and eval compiles included;
+the wall time on the shared VM was 21 min at a load average of 15). On CPU the U-Net's
+convolutions run as matmuls (``net.conv = "auto"``): XLA's CPU convolutions spent 90 % of
+the step in 341 small convolutions (0.44 → 3.5 steps/s on the same loaded VM).
+Compute stays float32 (``net.dtype``): bfloat16 gave the same test BPD at step 300
+(6.35 vs 6.45, within run-to-run noise) but CPUs have no fast bf16 matmuls; the image
+configs keep float32 as their default too and take ``--config.net.dtype=bfloat16`` on
+GPUs/TPUs (``benchmarks/gpu_cifar10.sh``).
 
 Meant for: a CPU. Measured on a shared 2-core VM (test BPD over all 297 test images,
 K = 1 t-sample each; wall time includes ~3 min of compiling and other jobs on the cores):
@@ -20,6 +27,9 @@ K = 1 t-sample each; wall time includes ~3 min of compiling and other jobs on th
     same, --config.train.num_steps=2000    2000    35 min      5.16  (5.72 at step 1000)
       --config.train.eval_every=1000
     vdm (``:vdm``)                          600     4.7 min    5.7
+    nfdm, Wiener, ``digits`` preset,        600    21 min     5.74  (6.45 at step 300)
+      10 steps/dispatch (default; 176 CPU-s,
+      load average 15)
 
 The paper's predictor x̂ = (1 − t) z + (t + δ) NN starts at x̂ = (1 − t) z, whose error at small t
 is weighted by an SNR of ~1/δ² = 10⁶: the initial NELBO is ~10⁴ bits/dim, and most of a short

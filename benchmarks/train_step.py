@@ -1,19 +1,44 @@
-"""Train-step benchmark: compile time, steps/s, examples/s, peak memory and XLA's FLOP count.
+"""Train-step benchmark: what one step of a config costs, for NFDM and VDM side by side.
 
-    python -m benchmarks.train_step --config=experiments/cifar10.py --steps=20 [--compare_vdm]
+Run from the repository root (the configs are files under ``experiments/``)::
+
+    python -m benchmarks.train_step --config=experiments/digits.py
+    python -m benchmarks.train_step --config=experiments/cifar10.py --config.train.batch_size=128 \\
+        --measure=memory                       # FLOPs + compiled memory, nothing allocated
+
+Per model (the config's, then ``:vdm`` on the same predictor U-Net unless ``--nocompare_vdm``)
+it prints one JSON line and, at the end, a table with:
+
+* ``compile_s``: lowering + XLA compilation of the real jitted train step (the persistent
+  compilation cache is off here, so this is a cold compile); ``compile_cpu_s`` its CPU time;
+* ``gflop_per_step``: XLA's cost analysis of the lowered step (exact, load-independent);
+* ``steps_per_s``, ``examples_per_s``: 1 / median dispatch time over ``--min_time`` seconds
+  (at least ``--min_steps`` dispatches, after a warm-up), per optimiser step; on CPU also
+  ``cpu_s_per_step`` (process CPU time, all threads) and ``load_avg``, since wall times on
+  a shared machine measure the other jobs too;
+* ``achieved_tflops``, ``mfu``: FLOPs per step × steps/s, against ``--peak_tflops`` if given,
+  else a matmul peak measured in this process (``peak_source`` says which);
+* ``temp_gib``, ``args_gib``, ``out_gib``: the compiled step's own buffers from
+  ``memory_analysis()`` (temporaries, arguments, outputs), not the process's RSS;
+* ``nfdm/vdm`` ratios of time, FLOPs and temporaries.
+
+``--measure`` stops early: ``flops`` (lowering only: abstract shapes, no compile, no
+parameters allocated), ``memory`` (+ compile and memory_analysis, still nothing allocated),
+``time`` (everything). ``--json=PATH`` appends the JSON lines to a file.
 
 Batches are random data of the config's shape (no dataset needed); everything else is the
-real training path: the config's mesh, shardings, donated state and ``steps_per_dispatch``.
-``--compare_vdm`` also times the plain-diffusion (VDM, ε-parameterised, fixed linear γ) step
-on the same predictor U-Net and prints the NFDM/VDM time and FLOP ratios (the paper reports
-about 2.2× per iteration).
+real training path: mesh, shardings, donated state and ``steps_per_dispatch``.
 """
 from __future__ import annotations
 
-import resource
+import json
+import os
+import statistics
 import time
+from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -25,66 +50,17 @@ from nfdm_jax.train import sharding, step as steps
 from nfdm_jax.train.optimizer import learning_rate, make_optimizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed dispatches (after one warm-up).")
-_COMPARE_VDM = flags.DEFINE_bool("compare_vdm", False, "Also benchmark the VDM step.")
+_MEASURE = flags.DEFINE_enum("measure", "time", ["flops", "memory", "time"],
+                             "flops: lowering only; memory: + compile; time: + run.")
+_COMPARE_VDM = flags.DEFINE_bool("compare_vdm", True, "Also benchmark the config's :vdm.")
+_MIN_TIME = flags.DEFINE_float("min_time", 10.0, "Seconds of timed dispatches per model.")
+_MIN_STEPS = flags.DEFINE_integer("min_steps", 10, "At least this many timed dispatches.")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU "
+                           "(e.g. 989 for an H100/H200 in bf16); default: a measured matmul.")
+_JSON = flags.DEFINE_string("json", None, "Append the JSON lines to this file.")
 flags.mark_flag_as_required("config")
 
-
-def _peak_memory_bytes() -> tuple[int, str]:
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"]), "device peak"
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host peak RSS"
-
-
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", float("nan")))
-
-
-def benchmark(config: ml_collections.ConfigDict, num_steps: int) -> dict[str, float]:
-    """Times ``num_steps`` dispatches of the jitted train step on random batches."""
-    t = config.train
-    shape = example_shape(config.data)
-    mesh = sharding.make_mesh(config)
-    sharding.check_batch(mesh, t.batch_size)
-    model = Model(config, shape)
-    optimizer = make_optimizer(config.optim, t.num_steps)
-    rng = np.random.default_rng(0)
-    stacked = (t.steps_per_dispatch, t.batch_size) + shape
-    fields = ["x", "x1"] if model.bridge else ["x"]
-    if len(shape) == 3:
-        host = {f: rng.integers(0, 256, stacked, dtype=np.uint8) for f in fields}
-    else:
-        host = {f: rng.standard_normal(stacked).astype(np.float32) for f in fields}
-    batch = jax.device_put(host, sharding.batch_sharding(mesh, True))
-    example = {f: v[0, :1] for f, v in host.items()}
-    init = lambda key: steps.init_state(model, optimizer, key, example)  # noqa: E731
-    shardings = sharding.tree_shardings(mesh, jax.eval_shape(init, jax.random.PRNGKey(0)),
-                                        config.mesh.shard_min_size)
-    state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-    train_step = steps.jit_train_step(
-        steps.make_train_step(model, optimizer, learning_rate(config.optim, t.num_steps),
-                              jax.random.PRNGKey(1), config.optim.ema_decay), mesh, shardings)
-
-    start = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    per_step = (time.perf_counter() - start) / (num_steps * t.steps_per_dispatch)
-    memory, memory_kind = _peak_memory_bytes()
-    return {"compile_s": compile_s, "steps_per_s": 1.0 / per_step,
-            "examples_per_s": t.batch_size / per_step,
-            "flops_per_step": _flops(compiled) / t.steps_per_dispatch,
-            "params": sum(x.size for x in jax.tree.leaves(state.params)),
-            f"memory_gib ({memory_kind})": memory / 2 ** 30}
+GIB = 2 ** 30
 
 
 def as_vdm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -94,21 +70,185 @@ def as_vdm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def _print(name: str, result: dict[str, float]) -> None:
-    print(f"{name}: " + "  ".join(f"{k}={v:.4g}" for k, v in result.items()))
+class Step:
+    """The jitted train step of a config, and abstract (shape-only) state and batch."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        t = config.train
+        self.config = config
+        self.shape = example_shape(config.data)
+        self.mesh = sharding.make_mesh(config)
+        sharding.check_batch(self.mesh, t.batch_size)
+        self.model = Model(config, self.shape)
+        optimizer = make_optimizer(config.optim, t.num_steps)
+        fields = ["x", "x1"] if self.model.bridge else ["x"]
+        images = len(self.shape) == 3
+        dtype = np.uint8 if images else np.float32
+        example = {f: np.zeros((1,) + self.shape, dtype) for f in fields}
+        self.init = lambda key: steps.init_state(self.model, optimizer, key, example)  # noqa
+        abstract = jax.eval_shape(self.init, jax.random.PRNGKey(0))
+        self.state_shardings = sharding.tree_shardings(self.mesh, abstract,
+                                                       config.mesh.shard_min_size)
+        self.batch_sharding = sharding.batch_sharding(self.mesh, True)
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+            self.state_shardings)
+        stacked = (t.steps_per_dispatch, t.batch_size) + self.shape
+        self.abstract_batch = {f: jax.ShapeDtypeStruct(stacked, dtype, sharding=self.batch_sharding)
+                               for f in fields}
+        self.fn = steps.jit_train_step(
+            steps.make_train_step(self.model, optimizer, learning_rate(config.optim, t.num_steps),
+                                  jax.random.PRNGKey(1), config.optim.ema_decay),
+            self.mesh, self.state_shardings)
+
+    def random_batch(self) -> dict[str, jax.Array]:
+        rng = np.random.default_rng(0)
+        out = {}
+        for f, a in self.abstract_batch.items():
+            host = (rng.integers(0, 256, a.shape, dtype=np.uint8) if a.dtype == np.uint8
+                    else rng.standard_normal(a.shape).astype(np.float32))
+            out[f] = jax.device_put(host, self.batch_sharding)
+        return out
+
+    def state(self) -> Any:
+        return jax.jit(self.init, out_shardings=self.state_shardings)(
+            jax.random.PRNGKey(self.config.seed))
+
+
+def _cost(obj) -> dict[str, float]:
+    cost = obj.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return dict(cost or {})
+
+
+def median_step_time(run: Callable[[], Any], min_time: float,
+                     min_steps: int) -> tuple[float, float]:
+    """Median wall time of ``run()`` (blocked on its result) over >= min_time s and
+    >= min_steps calls, and this process's mean CPU time (all threads) per call."""
+    jax.block_until_ready(run())  # warm-up
+    times: list[float] = []
+    start, cpu = time.perf_counter(), time.process_time()
+    while len(times) < min_steps or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), (time.process_time() - cpu) / len(times)
+
+
+def matmul_peak_tflops(dtype: Any, n: Optional[int] = None) -> float:
+    """Achieved TFLOP/s of a square matmul in ``dtype`` on the default device: a practical
+    peak for MFU where the device's nominal one is unknown (CPUs)."""
+    n = n or (1024 if jax.default_backend() == "cpu" else 8192)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    f = jax.jit(lambda a, b: a @ b)
+    return 2 * n ** 3 / median_step_time(lambda: f(a, b), 2.0, 5)[0] / 1e12
+
+
+def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Optional[float],
+              min_time: float, min_steps: int) -> dict[str, Any]:
+    """One model's row (see the module docstring)."""
+    spd = config.train.steps_per_dispatch
+    s = Step(config)
+    out: dict[str, Any] = {"model": config.model.name, "batch": config.train.batch_size,
+                           "dtype": config.net.dtype, "steps_per_dispatch": spd,
+                           "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}"}
+    start, cpu = time.perf_counter(), time.process_time()
+    lowered = s.fn.lower(s.abstract_state, s.abstract_batch)
+    lower_s = time.perf_counter() - start
+    # A lax.scan over steps is one while loop, whose body cost analysis counts once.
+    out["gflop_per_step"] = _cost(lowered).get("flops", float("nan")) / 1e9
+    out["params"] = int(sum(np.prod(a.shape) for a in jax.tree.leaves(s.abstract_state.params)))
+    if measure == "flops":
+        return out
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    out["compile_s"] = lower_s + time.perf_counter() - start
+    out["compile_cpu_s"] = time.process_time() - cpu
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        out["temp_gib"] = mem.temp_size_in_bytes / GIB
+        out["args_gib"] = mem.argument_size_in_bytes / GIB
+        out["out_gib"] = mem.output_size_in_bytes / GIB
+    if measure == "memory":
+        return out
+    state, batch = s.state(), s.random_batch()
+
+    def run():
+        nonlocal state
+        state, metrics = compiled(state, batch)
+        return metrics
+
+    per_step, cpu_per_dispatch = median_step_time(run, min_time, min_steps)
+    per_step /= spd
+    out["steps_per_s"] = 1.0 / per_step
+    if jax.default_backend() == "cpu":
+        # On a shared machine wall time depends on the other jobs; CPU time much less so
+        # (on an idle machine with N cores, wall >= cpu / N).
+        out["cpu_s_per_step"] = cpu_per_dispatch / spd
+        out["load_avg"] = os.getloadavg()[0]
+    out["examples_per_s"] = config.train.batch_size / per_step
+    out["achieved_tflops"] = out["gflop_per_step"] / 1e3 / per_step
+    if peak_tflops is None:
+        peak_tflops, out["peak_source"] = matmul_peak_tflops(jnp.dtype(config.net.dtype)), "matmul"
+    else:
+        out["peak_source"] = "given"
+    out["peak_tflops"] = peak_tflops
+    out["mfu"] = out["achieved_tflops"] / peak_tflops
+    return out
+
+
+_COLUMNS = ("model", "batch", "dtype", "compile_s", "compile_cpu_s", "gflop_per_step", "steps_per_s",
+            "examples_per_s", "cpu_s_per_step", "achieved_tflops", "peak_tflops", "mfu",
+            "temp_gib", "args_gib")
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a Markdown table, with an ``nfdm/vdm`` ratio row when both are present."""
+    rows = list(rows)
+    by_name = {r["model"]: r for r in rows}
+    if "vdm" in by_name and len(rows) == 2:
+        (other,) = [r for r in rows if r["model"] != "vdm"]
+        vdm = by_name["vdm"]
+        ratio = {"model": f"{other['model']}/vdm"}
+        for k, inverse in (("gflop_per_step", False), ("temp_gib", False),
+                           ("steps_per_s", True), ("compile_s", False)):
+            if k in other and k in vdm:
+                ratio[k] = vdm[k] / other[k] if inverse else other[k] / vdm[k]
+        rows.append(ratio)  # steps_per_s of this row: the time ratio, NFDM step / VDM step
+    cols = [c for c in _COLUMNS if any(c in r for r in rows)]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def main(_) -> None:
+    # Cold compiles: a cached executable would make compile_s meaningless.
+    jax.config.update("jax_enable_compilation_cache", False)
     config = _CONFIG.value
-    print(f"{jax.device_count()} × {jax.devices()[0].device_kind}, global batch "
-          f"{config.train.batch_size}, {config.train.steps_per_dispatch} step(s)/dispatch")
-    result = benchmark(config, _STEPS.value)
-    _print(config.model.name, result)
+    configs = [config]
     if _COMPARE_VDM.value and config.model.name != "vdm":
-        vdm = benchmark(as_vdm(config), _STEPS.value)
-        _print("vdm", vdm)
-        print(f"{config.model.name}/vdm: time ×{vdm['steps_per_s'] / result['steps_per_s']:.2f}, "
-              f"FLOPs ×{result['flops_per_step'] / vdm['flops_per_step']:.2f}")
+        configs.append(as_vdm(config))
+    rows = []
+    for c in configs:
+        row = benchmark(c, _MEASURE.value, _PEAK.value, _MIN_TIME.value, _MIN_STEPS.value)
+        rows.append(row)
+        line = json.dumps(row, sort_keys=True)
+        print(line, flush=True)
+        if _JSON.value:
+            os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
+            with open(_JSON.value, "a") as f:
+                f.write(line + "\n")
+    print(table(rows))
+    if len(rows) == 2:
+        nf, vdm = rows
+        msg = f"{nf['model']}/vdm: FLOPs ×{nf['gflop_per_step'] / vdm['gflop_per_step']:.3f}"
+        if "temp_gib" in nf:
+            msg += f", temporaries ×{nf['temp_gib'] / vdm['temp_gib']:.3f}"
+        if "steps_per_s" in nf:
+            msg += f", time ×{vdm['steps_per_s'] / nf['steps_per_s']:.3f}"
+        print(msg)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ def base_config() -> ConfigDict:
     n.forward_channels = config_dict.placeholder(int)
     n.dtype = "float32"            # compute dtype: float32 | bfloat16 (parameters stay float32)
     n.remat = False
+    n.forward_remat_elementwise = False  # forward net: recompute norms/activations in backward
+    n.conv = "auto"                # auto (matmul on CPU, XLA conv elsewhere) | xla | matmul
     n.hidden = 256                 # 2-D MLPs
     n.time_embed_dim = 32
 
@@ -111,6 +113,7 @@ def tiny(c: ConfigDict) -> None:
     c.data.eval_size = 64
     c.train.batch_size = 8
     c.train.num_steps = 6
+    c.train.steps_per_dispatch = 1
     c.train.log_every = 2
     c.train.eval_every = 6
     c.train.checkpoint_every = 3

@@ -38,7 +38,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from nfdm_jax.data import DatasetNotFoundError  # noqa: E402
-from nfdm_jax.train import CheckpointError, loop, validation  # noqa: E402
+from nfdm_jax.train import CheckpointError, loop, runtime, validation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -157,6 +157,7 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_quiet_orbax)
     logging.get_absl_handler().addFilter(_quiet_backend_probe)
     config, workdir = load_config(), _WORKDIR.value
+    runtime.enable_compilation_cache()  # reruns and resumes skip recompiling
     init_distributed()
     logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -13,11 +13,15 @@ yields every example's time derivative (:func:`marginal_and_velocity`).
 
 The constructors below build the paper's neural process (boundary conditions
 built in), the variance-preserving baselines, the straight OT path and the
-bridge process pinned at both ends (SPEC §1.5).
+bridge process pinned at both ends (SPEC §1.5). Processes whose marginals at
+t = 0 (and t = 1) do not depend on the network say so with :class:`PinnedEnds`
+(:func:`pinned_ends`), so the losses evaluate those boundary terms in closed form
+instead of running the network there.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +36,32 @@ ForwardNet = Callable[[Array, Array], tuple[Array, Array]]
 BridgeNet = Callable[[Array, Array, Array], tuple[Array, Array]]
 
 DEFAULT_DELTA = 0.01
+
+
+class PinnedEnds(NamedTuple):
+    """Marginals a forward process fixes for every network and every x.
+
+    q(z_0 | x) = N(x, σ_0² I) with log σ_0 = ``log_sigma0``; if ``standard_at_one``
+    also q(z_1 | x) = N(0, I), so the prior KL is exactly 0.
+    """
+
+    log_sigma0: float
+    standard_at_one: bool
+
+
+def with_pinned_ends(fn: Callable, ends: Optional[PinnedEnds]) -> Callable:
+    """Marks ``fn`` (a forward process or bridge) as pinned at ``ends``; returns ``fn``.
+
+    Only mark processes whose ends hold *exactly* for every parameter value: the
+    losses then skip the network at t = 0 and t = 1 (same values, same gradients).
+    """
+    fn.pinned_ends = ends
+    return fn
+
+
+def pinned_ends(fn: Callable) -> Optional[PinnedEnds]:
+    """The :class:`PinnedEnds` of a process built here, or None (ends evaluated numerically)."""
+    return getattr(fn, "pinned_ends", None)
 
 
 class Marginal(NamedTuple):
@@ -73,7 +103,7 @@ def neural_forward(net: ForwardNet, delta: float = DEFAULT_DELTA) -> ForwardFn:
       net: ``net(x, t) -> (m_bar, l_bar)``, each ``[B, *D]``.
       delta: the noise scale at t = 0.
     """
-    log_delta = jnp.log(delta)
+    log_delta = math.log(delta)
 
     def forward(x: Array, t: Array) -> tuple[Array, Array]:
         m_bar, l_bar = net(x, t)
@@ -81,7 +111,7 @@ def neural_forward(net: ForwardNet, delta: float = DEFAULT_DELTA) -> ForwardFn:
         bump = tb * (1.0 - tb)
         return (1.0 - tb) * x + bump * m_bar, (1.0 - tb) * log_delta + bump * l_bar
 
-    return forward
+    return with_pinned_ends(forward, PinnedEnds(log_delta, standard_at_one=True))
 
 
 def vp_forward(gamma: Schedule) -> ForwardFn:
@@ -107,7 +137,7 @@ def straight_forward(delta: float = DEFAULT_DELTA) -> ForwardFn:
         log_sigma = jnp.log(tb + (1.0 - tb) * delta)
         return (1.0 - tb) * x, jnp.broadcast_to(log_sigma, x.shape)
 
-    return forward
+    return with_pinned_ends(forward, PinnedEnds(math.log(delta), standard_at_one=True))
 
 
 def bridge_forward(net: BridgeNet, delta: float = DEFAULT_DELTA
@@ -133,4 +163,5 @@ def bridge_forward(net: BridgeNet, delta: float = DEFAULT_DELTA
         log_sigma = jnp.log(delta + bump * jax.nn.softplus(l_bar))
         return mu, log_sigma
 
-    return forward
+    # Pinned to x_1 (not N(0, I)) at t = 1; bridges have no prior term.
+    return with_pinned_ends(forward, PinnedEnds(math.log(delta), standard_at_one=False))

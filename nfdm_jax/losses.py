@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from nfdm_jax.decoders import DecoderNLL
-from nfdm_jax.drifts import (Predictor, generative_drift, reverse_drift_difference)
-from nfdm_jax.forward import ForwardFn, Marginal, marginal_and_velocity
+from nfdm_jax.drifts import Predictor, reverse_drift, reverse_drift_difference
+from nfdm_jax.forward import (ForwardFn, Marginal, marginal_and_velocity, pinned_ends,
+                              with_pinned_ends)
 from nfdm_jax.ops import sum_per_example
-from nfdm_jax.volatility import Volatility, zero
+from nfdm_jax.volatility import Volatility
 
 Array = jax.Array
 
@@ -86,6 +87,19 @@ def sample_z(m: Marginal, eps: Array) -> Array:
     return m.mu + m.sigma * eps
 
 
+def _diffusion_and_z(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
+                     x: Array, t: Array, eps: Array) -> tuple[Array, Array]:
+    """:func:`diffusion_loss` ``[B]`` and the sample z_t it was evaluated at ``[B, *D]``."""
+    chex.assert_equal_shape([x, eps])
+    chex.assert_shape(t, (x.shape[0],))
+    m = marginal_and_velocity(forward, x, t)
+    z = sample_z(m, eps)
+    m_hat = marginal_and_velocity(forward, predictor(z, t), t)
+    g2 = volatility(t)
+    diff = reverse_drift_difference(m, m_hat, z, g2)
+    return sum_per_example(jnp.square(diff)) / (2.0 * g2), z
+
+
 def diffusion_loss(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
                    x: Array, t: Array, eps: Array) -> Array:
     """L_diff integrand at (t, ε): ‖f^B(z_t, t, x) − f̂(z_t, t)‖² / (2 g²), nats ``[B]``.
@@ -98,18 +112,18 @@ def diffusion_loss(forward: ForwardFn, predictor: Predictor, volatility: Volatil
       volatility: ``volatility(t) -> g2``; must be positive.
       x: data ``[B, *D]``; t: ``[B]``; eps: noise ``[B, *D]``.
     """
-    chex.assert_equal_shape([x, eps])
-    chex.assert_shape(t, (x.shape[0],))
-    m = marginal_and_velocity(forward, x, t)
-    z = sample_z(m, eps)
-    m_hat = marginal_and_velocity(forward, predictor(z, t), t)
-    g2 = volatility(t)
-    diff = reverse_drift_difference(m, m_hat, z, g2)
-    return sum_per_example(jnp.square(diff)) / (2.0 * g2)
+    return _diffusion_and_z(forward, predictor, volatility, x, t, eps)[0]
 
 
 def prior_loss(forward: ForwardFn, x: Array) -> Array:
-    """KL(q(z_1 | x) ‖ N(0, I)) in nats ``[B]``; zero for processes pinned at t = 1."""
+    """KL(q(z_1 | x) ‖ N(0, I)) in nats ``[B]``.
+
+    Exactly 0 without running the network for processes pinned to N(0, I) at t = 1
+    (:func:`nfdm_jax.forward.pinned_ends`).
+    """
+    ends = pinned_ends(forward)
+    if ends is not None and ends.standard_at_one:
+        return jnp.zeros((x.shape[0],), x.dtype)
     mu, log_sigma = forward(x, jnp.ones((x.shape[0],), x.dtype))
     kl = 0.5 * (jnp.square(mu) + jnp.exp(2.0 * log_sigma) - 1.0) - log_sigma
     return sum_per_example(kl)
@@ -117,7 +131,14 @@ def prior_loss(forward: ForwardFn, x: Array) -> Array:
 
 def reconstruction_loss(forward: ForwardFn, decoder_nll: DecoderNLL,
                         x: Array, eps: Array) -> Array:
-    """E_{q(z_0 | x)} −log p(x | z_0), one sample z_0 = μ_0 + σ_0 ε; nats ``[B]``."""
+    """E_{q(z_0 | x)} −log p(x | z_0), one sample z_0 = μ_0 + σ_0 ε; nats ``[B]``.
+
+    Processes pinned at t = 0 (:func:`nfdm_jax.forward.pinned_ends`) have μ_0 = x and a
+    known σ_0, so the network is not run there.
+    """
+    ends = pinned_ends(forward)
+    if ends is not None:
+        return decoder_nll(x + math.exp(ends.log_sigma0) * eps, x)
     mu, log_sigma = forward(x, jnp.zeros((x.shape[0],), x.dtype))
     return decoder_nll(mu + jnp.exp(log_sigma) * eps, x)
 
@@ -161,22 +182,31 @@ def nfdm_ot_loss(forward: ForwardFn, predictor: Predictor, x: Array, t: Array, e
     curvature: λ ‖d/dt f̂(F(ε, t, x), t)‖², one jvp over t of the generative ODE drift
                along the forward path with ε and x fixed (nested forward mode: f̂ holds
                its own jvp of the forward process at x̂). Skipped when λ = 0.
+
+    With λ > 0 the match term is read off that jvp: its primal holds z_t and the
+    marginal at x̂, and the tangent of the path's (μ, log σ) is (∂_t μ, ∂_t log σ) at x,
+    so no network runs twice.
     """
     chex.assert_equal_shape([x, eps])
-    m = marginal_and_velocity(forward, x, t)
-    z = sample_z(m, eps)
-    m_hat = marginal_and_velocity(forward, predictor(z, t), t)
     g2 = jnp.zeros_like(t)
-    match = sum_per_example(jnp.square(reverse_drift_difference(m, m_hat, z, g2)))
     if curvature_weight == 0.0:
+        m = marginal_and_velocity(forward, x, t)
+        z = sample_z(m, eps)
+        m_hat = marginal_and_velocity(forward, predictor(z, t), t)
+        match = sum_per_example(jnp.square(reverse_drift_difference(m, m_hat, z, g2)))
         return OTTerms(match, jnp.zeros_like(match))
-    drift = generative_drift(forward, predictor, zero())
 
-    def drift_along_path(tt: Array) -> Array:
+    def along_path(tt: Array) -> tuple[tuple[Array, Array, Array], tuple[Array, Marginal]]:
         mu, log_sigma = forward(x, tt)
-        return drift(mu + jnp.exp(log_sigma) * eps, tt)
+        z = mu + jnp.exp(log_sigma) * eps
+        m_hat = marginal_and_velocity(forward, predictor(z, tt), tt)
+        # f̂(z, t) with g ≡ 0, i.e. generative_drift(forward, predictor, zero()).
+        return (mu, log_sigma, reverse_drift(m_hat, z, g2)), (z, m_hat)
 
-    _, accel = jax.jvp(drift_along_path, (t,), (jnp.ones_like(t),))
+    (mu, log_sigma, _), (dmu, dlog_sigma, accel), (z, m_hat) = jax.jvp(
+        along_path, (t,), (jnp.ones_like(t),), has_aux=True)
+    m = Marginal(mu, log_sigma, dmu, dlog_sigma)
+    match = sum_per_example(jnp.square(reverse_drift_difference(m, m_hat, z, g2)))
     return OTTerms(match, curvature_weight * sum_per_example(jnp.square(accel)))
 
 
@@ -199,12 +229,12 @@ def nfbm_loss(bridge: Callable[[Array, Array, Array], tuple[Array, Array]],
       x0: target samples ``[B, *D]``; x1: source samples ``[B, *D]``, drawn independently.
       obstacle: ``c(z_t) -> [B]``, e.g. :func:`disc_obstacle`, evaluated on forward samples.
     """
-    forward = lambda x, tt: bridge(x, x1, tt)  # noqa: E731
+    # Closing over x1 keeps the bridge's pinned ends (closed-form L_rec at t = 0).
+    forward = with_pinned_ends(lambda x, tt: bridge(x, x1, tt), pinned_ends(bridge))
     pred = lambda z, tt: predictor(z, tt, x1)  # noqa: E731
-    diff = diffusion_loss(forward, pred, volatility, x0, t, eps)
+    diff, z = _diffusion_and_z(forward, pred, volatility, x0, t, eps)
     rec = reconstruction_loss(forward, decoder_nll, x0, eps)
     if obstacle is None or obstacle_weight == 0.0:
         return BridgeTerms(diff, rec, jnp.zeros_like(diff))
-    mu, log_sigma = forward(x0, t)
-    return BridgeTerms(diff, rec, obstacle_weight * obstacle(mu + jnp.exp(log_sigma) * eps))
-
+    # The obstacle sits at the z_t of L_diff: no second forward pass.
+    return BridgeTerms(diff, rec, obstacle_weight * obstacle(z))

@@ -143,7 +143,8 @@ class Model:
 
         if self.bridge:
             bridge = forward.bridge_forward(lambda x0, c, t: net(x0, t, c), self.m.delta)
-            return lambda x, t: bridge(x, x1, t)
+            return forward.with_pinned_ends(lambda x, t: bridge(x, x1, t),
+                                            forward.pinned_ends(bridge))
         return forward.neural_forward(net, self.m.delta)
 
     def predictor_fn(self, params: Params, x1: Optional[Array] = None, *, train: bool = False,
@@ -222,7 +223,9 @@ class Model:
                 obstacle = losses.disc_obstacle(jnp.asarray(self.m.obstacle_centre, jnp.float32),
                                                 self.m.obstacle_radius)
             # The bridge closes over x1 itself, so pass the plain forward/predictor through.
-            terms = losses.nfbm_loss(lambda x0, _, tt: fwd(x0, tt), lambda z, tt, _: pred(z, tt),
+            terms = losses.nfbm_loss(forward.with_pinned_ends(lambda x0, _, tt: fwd(x0, tt),
+                                                              forward.pinned_ends(fwd)),
+                                     lambda z, tt, _: pred(z, tt),
                                      vol, x, x1, t, eps, decoder_nll=self.decoder_nll,
                                      obstacle=obstacle, obstacle_weight=self.m.obstacle_weight)
         else:
@@ -288,4 +291,5 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
                  if n[k] is not None}
     preset = dataclasses.replace(nets.get_preset(n.preset), image_shape=tuple(shape),
                                  cond_channels=shape[-1] if bridge else 0, **overrides)
-    return nets.make_networks(preset, jnp.dtype(n.dtype), n.remat)
+    return nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv,
+                              n.forward_remat_elementwise)

@@ -219,3 +219,82 @@ def test_losses_work_under_vmap_and_do_not_retrace(core_nets):
     single = _plain_losses(params, xs[1], xs[1][::-1], keys[1], core_nets)[0]
     np.testing.assert_allclose(batched[1], single, rtol=1e-5)
     chex.clear_trace_counter()
+
+
+def _unpinned(fn):
+    """The same process without its PinnedEnds: the losses then run the network at t = 0, 1."""
+    return lambda *args: fn(*args)
+
+
+def test_closed_form_boundary_terms_equal_network_evaluated_values_and_gradients(x64):
+    """Pinned ends skip the network at t = 0 and t = 1 without changing L_rec, L_prior or
+    their gradients with respect to the parameters and the data (neural process, bridge)."""
+    params = core_nets.init_all(jax.random.PRNGKey(0), 2)
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 2), jnp.float64)
+    x1 = jax.random.normal(jax.random.PRNGKey(2), (6, 2), jnp.float64)
+    eps = jax.random.normal(jax.random.PRNGKey(3), (6, 2), jnp.float64)
+    dec = decoders.discrete_nll(0.05)  # non-Gaussian decoder: values depend on z_0 non-trivially
+
+    def terms(p, x, pinned):
+        fwd = forward.neural_forward(core_nets.forward_net(p["forward"]), delta=0.03)
+        bridge = forward.bridge_forward(
+            lambda a, b, tt: core_nets.forward_net(p["forward"])(a - b, tt), delta=0.02)
+        if not pinned:
+            fwd, bridge = _unpinned(fwd), _unpinned(bridge)
+        assert (forward.pinned_ends(fwd) is not None) == pinned
+        closed = lambda a, tt: bridge(a, x1, tt)  # noqa: E731
+        closed = forward.with_pinned_ends(closed, forward.pinned_ends(bridge))
+        return jnp.stack([losses.reconstruction_loss(fwd, dec, x, eps),
+                          losses.prior_loss(fwd, x),
+                          losses.reconstruction_loss(closed, dec, x, eps)])
+
+    np.testing.assert_allclose(terms(params, x, True), terms(params, x, False), rtol=1e-12)
+    assert float(jnp.min(terms(params, x, True)[0])) > 0.1  # not a trivially zero term
+    grad = jax.grad(lambda p, x, pinned: jnp.sum(terms(p, x, pinned) ** 2), argnums=(0, 1))
+    closed_g, network_g = grad(params, x, True), grad(params, x, False)
+    chex.assert_trees_all_close(closed_g, network_g, rtol=1e-12, atol=1e-12)
+    assert float(jnp.max(jnp.abs(closed_g[1]))) > 0  # the data gradient is exercised
+
+
+def test_nfbm_and_nelbo_skip_the_network_at_pinned_ends():
+    """The traced objectives call the forward network once per jvp only (t = 0, 1 gone)."""
+    calls = []
+    params = core_nets.init_all(jax.random.PRNGKey(0), 2)
+
+    def counting(x, tt):
+        calls.append(tt)
+        return core_nets.forward_net(params["forward"])(x, tt)
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
+    pred = core_nets.predictor_net(params["predictor"])
+    losses.nelbo(forward.neural_forward(counting), pred, volatility.delta_matched(0.01), x,
+                 jax.random.PRNGKey(2), decoder_nll=decoders.gaussian_nll(0.01))
+    assert len(calls) == 2  # forward jvp at x and at x̂
+    calls.clear()
+    t, eps = losses.sample_t_eps(jax.random.PRNGKey(3), x)
+    obstacle = losses.disc_obstacle(jnp.zeros(2), 5.0)
+    bridge = forward.bridge_forward(lambda a, b, tt: counting(a - b, tt))
+    terms = losses.nfbm_loss(bridge, lambda z, tt, b: pred(z + b, tt),
+                             volatility.delta_matched(0.01), x, -x, t, eps,
+                             decoder_nll=decoders.gaussian_nll(0.01), obstacle=obstacle,
+                             obstacle_weight=2.0)
+    assert len(calls) == 2
+    mu, ls = bridge(x, -x, t)  # the obstacle is evaluated on the L_diff sample z_t
+    np.testing.assert_allclose(terms.obstacle, 2.0 * obstacle(mu + jnp.exp(ls) * eps), rtol=1e-6)
+
+
+def test_ot_match_read_off_the_curvature_jvp_equals_the_direct_match(x64):
+    """With λ > 0 the match term reuses the curvature jvp's primals: same values, same grads."""
+    params = core_nets.init_all(jax.random.PRNGKey(0), 2)
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 2), jnp.float64)
+    eps = jax.random.normal(jax.random.PRNGKey(2), (5, 2), jnp.float64)
+    t = jnp.linspace(0.1, 0.9, 5)
+
+    def match(p, lam):
+        fwd = forward.neural_forward(core_nets.forward_net(p["forward"]))
+        pred = drifts.preconditioned(core_nets.predictor_net(p["predictor"]), 0.01)
+        return losses.nfdm_ot_loss(fwd, pred, x, t, eps, lam).match
+
+    np.testing.assert_allclose(match(params, 0.5), match(params, 0.0), rtol=1e-12)
+    grads = [jax.grad(lambda p: jnp.sum(match(p, lam)))(params) for lam in (0.5, 0.0)]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)

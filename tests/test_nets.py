@@ -37,6 +37,7 @@ PARAM_COUNTS = {
     "imagenet64": (295_131_267, 73_849_446),
     "afhq64": (295_136_451, 73_852_038),
     "tiny": (208_947, 53_494),
+    "digits": (182_817, 46_498),
 }
 
 
@@ -152,14 +153,24 @@ def test_bf16_close_to_f32(tiny):
     assert 0.0 < _rel_err(out16, out32) < 1e-2
 
 
-def test_remat_same_outputs_and_grads(tiny):
+@pytest.mark.parametrize("kind", ["full", pytest.param("elementwise", marks=pytest.mark.slow)])
+def test_remat_same_outputs_and_grads(tiny, kind):
+    """Full and elementwise-only remat change memory, not values. The elementwise policy
+    (for the forward net) is checked through the time jvp the forward process takes."""
     net, x, t, params = tiny
-    remat_net, _ = make_networks("tiny", remat=True)
+    remat_net = net.clone(remat=kind == "full", remat_elementwise=kind == "elementwise")
     remat_shapes = jax.eval_shape(remat_net.init, jax.random.key(0), x, t)["params"]
     assert jax.tree.map(jnp.shape, remat_shapes) == jax.tree.map(jnp.shape, params)
 
     def loss_and_grad(module, p):
-        return jax.value_and_grad(lambda q: jnp.mean(module.apply({"params": q}, x, t) ** 2))(p)
+        def loss(q):
+            if kind == "full":
+                return jnp.mean(module.apply({"params": q}, x, t) ** 2)
+            out, dout = jax.jvp(lambda tt: module.apply({"params": q}, x, tt), (t,),
+                                (jnp.ones_like(t),))
+            return jnp.mean(out ** 2) + jnp.mean(dout ** 2)
+
+        return jax.value_and_grad(loss)(p)
 
     @jax.jit  # one compilation for both: compiling dominates the runtime
     def both(p):
@@ -271,3 +282,23 @@ def test_volatility_zero_init(shape):
     out = _init_apply(VolatilityMLP(), t)
     assert out.shape == shape
     np.testing.assert_array_equal(out, 0.0)
+
+
+@pytest.mark.parametrize("matmul", [True, False])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_matches_flax_conv_values_and_gradients(matmul, kernel):
+    """Conv (patches @ kernel on CPU, an XLA convolution elsewhere) is nn.Conv: same
+    parameter tree, same outputs, same gradients for inputs and parameters."""
+    from nfdm_jax.nets import layers
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 3))
+    ours = layers.Conv(5, kernel, impl="matmul" if matmul else "xla")
+    ref = flax.linen.Conv(5, (kernel, kernel), padding="SAME")
+    params = ours.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+    assert jax.tree.structure(params) == jax.tree.structure(ref.init(jax.random.PRNGKey(1), x))
+    loss = lambda net: lambda p, x: jnp.sum(jnp.sin(net.apply(p, x)))  # noqa: E731
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(params, x),
+                    jax.grad(loss(ref), argnums=(0, 1))(params, x)):
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5), a, b)

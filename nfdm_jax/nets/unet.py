@@ -7,7 +7,10 @@ import jax
 import jax.numpy as jnp
 
 from nfdm_jax.nets.layers import (
+    CONV_NAME,
     AttentionBlock,
+    Conv,
+    ConvImpl,
     Dtype,
     Resample,
     ResBlock,
@@ -18,6 +21,13 @@ from nfdm_jax.nets.layers import (
 # `train` (argument 3, counting self) selects dropout, so it must be static under remat.
 _RematResBlock = nn.remat(ResBlock, static_argnums=(3,))
 _RematAttentionBlock = nn.remat(AttentionBlock)
+# Keeps every convolution and matmul output, recomputes only what lies between them
+# (norms, activations, FiLM, softmax): a few % more FLOPs in the backward pass for a
+# fraction of the activation memory.
+_ELEMENTWISE_POLICY = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(CONV_NAME))
+_ElementwiseRematResBlock = nn.remat(ResBlock, static_argnums=(3,), policy=_ELEMENTWISE_POLICY)
+_ElementwiseRematAttentionBlock = nn.remat(AttentionBlock, policy=_ELEMENTWISE_POLICY)
 
 
 class _ADMBackbone(nn.Module):
@@ -39,6 +49,10 @@ class _ADMBackbone(nn.Module):
       dtype: compute dtype; the output is always float32.
       param_dtype: parameter dtype.
       remat: rematerialise every residual/attention block in the backward pass.
+      remat_elementwise: rematerialise only the elementwise ops between convolutions and
+        matmuls (ignored when `remat`).
+      conv: convolution implementation, see `layers.conv_as_matmul` ("auto": matmuls on
+        CPU, XLA convolutions elsewhere).
     """
 
     channels: int = 128
@@ -54,6 +68,8 @@ class _ADMBackbone(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    remat_elementwise: bool = False
+    conv: ConvImpl = "auto"
 
     def _check_inputs(self, x: jax.Array, cond: jax.Array | None) -> None:
         if x.ndim != 4:
@@ -66,14 +82,16 @@ class _ADMBackbone(nn.Module):
             raise ValueError(f"expected {self.cond_channels} conditioning channels, got {got}")
 
     def _res_block(self, out_channels: int, name: str, resample: Resample = "none") -> ResBlock:
-        cls = _RematResBlock if self.remat else ResBlock
+        cls = (_RematResBlock if self.remat else
+               _ElementwiseRematResBlock if self.remat_elementwise else ResBlock)
         return cls(
             out_channels, self.dropout, self.norm_groups, resample,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            dtype=self.dtype, param_dtype=self.param_dtype, conv=self.conv, name=name,
         )
 
     def _attention(self, name: str) -> AttentionBlock:
-        cls = _RematAttentionBlock if self.remat else AttentionBlock
+        cls = (_RematAttentionBlock if self.remat else
+               _ElementwiseRematAttentionBlock if self.remat_elementwise else AttentionBlock)
         return cls(
             self.num_heads, self.head_channels, self.norm_groups,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name,
@@ -109,10 +127,8 @@ class _ADMBackbone(nn.Module):
             x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
         emb = self._time_embedding(t, x.shape[0])
 
-        h = nn.Conv(
-            self.channels * self.channel_mults[0], (3, 3), padding="SAME",
-            dtype=self.dtype, param_dtype=self.param_dtype, name="in_conv",
-        )(x.astype(self.dtype))
+        h = Conv(self.channels * self.channel_mults[0], 3, dtype=self.dtype,
+                 param_dtype=self.param_dtype, impl=self.conv, name="in_conv")(x.astype(self.dtype))
         skips = [h]
         last = len(self.channel_mults) - 1
         for level, mult in enumerate(self.channel_mults):
@@ -136,10 +152,8 @@ class _ADMBackbone(nn.Module):
 
         # The head runs in float32: it is cheap and it sets the precision of the output.
         h = nn.silu(group_norm(h, self.norm_groups, name="out_norm"))
-        return nn.Conv(
-            out_channels, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
-            dtype=jnp.float32, param_dtype=self.param_dtype, name="out_conv",
-        )(h)
+        return Conv(out_channels, 3, nn.initializers.zeros, jnp.float32, self.param_dtype,
+                    self.conv, name="out_conv")(h)
 
 
 class UNet(_ADMBackbone):

@@ -1,0 +1,17 @@
+"""The train-step benchmark's cheap path: XLA cost analysis of the lowered step, no compile."""
+from benchmarks import train_step
+from experiments import toy2d
+
+
+def test_flop_count_and_ratio_table_without_compiling():
+    config = toy2d.get_config("tiny")
+    rows = [train_step.benchmark(c, "flops", None, 0.0, 1)
+            for c in (config, train_step.as_vdm(config))]
+    nfdm, vdm = rows
+    assert (nfdm["model"], vdm["model"]) == ("nfdm", "vdm")
+    # NFDM adds the forward network (two jvps) to VDM's predictor: strictly more FLOPs.
+    assert nfdm["gflop_per_step"] > vdm["gflop_per_step"] > 0
+    assert "compile_s" not in nfdm  # 'flops' stops after lowering
+    table = train_step.table(rows)
+    ratio = nfdm["gflop_per_step"] / vdm["gflop_per_step"]
+    assert "| nfdm/vdm |" in table and f"{ratio:.4g}" in table

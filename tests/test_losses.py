@@ -226,7 +226,7 @@ def _unpinned(fn):
     return lambda *args: fn(*args)
 
 
-def test_closed_form_boundary_terms_equal_network_evaluated_values_and_gradients(x64):
+def test_closed_form_boundary_terms_equal_network_evaluated_values_and_gradients(x64, core_nets):
     """Pinned ends skip the network at t = 0 and t = 1 without changing L_rec, L_prior or
     their gradients with respect to the parameters and the data (neural process, bridge)."""
     params = core_nets.init_all(jax.random.PRNGKey(0), 2)
@@ -256,7 +256,7 @@ def test_closed_form_boundary_terms_equal_network_evaluated_values_and_gradients
     assert float(jnp.max(jnp.abs(closed_g[1]))) > 0  # the data gradient is exercised
 
 
-def test_nfbm_and_nelbo_skip_the_network_at_pinned_ends():
+def test_nfbm_and_nelbo_skip_the_network_at_pinned_ends(core_nets):
     """The traced objectives call the forward network once per jvp only (t = 0, 1 gone)."""
     calls = []
     params = core_nets.init_all(jax.random.PRNGKey(0), 2)
@@ -283,7 +283,7 @@ def test_nfbm_and_nelbo_skip_the_network_at_pinned_ends():
     np.testing.assert_allclose(terms.obstacle, 2.0 * obstacle(mu + jnp.exp(ls) * eps), rtol=1e-6)
 
 
-def test_ot_match_read_off_the_curvature_jvp_equals_the_direct_match(x64):
+def test_ot_match_read_off_the_curvature_jvp_equals_the_direct_match(x64, core_nets):
     """With λ > 0 the match term reuses the curvature jvp's primals: same values, same grads."""
     params = core_nets.init_all(jax.random.PRNGKey(0), 2)
     x = jax.random.normal(jax.random.PRNGKey(1), (5, 2), jnp.float64)

@@ -29,14 +29,16 @@ Expected: test BPD below the uniform model's 8.0 within the default 600 steps, a
 falling; ``--config.train.num_steps=2000`` trains further.
 """
 from experiments import common
+from nfdm_jax import data
 
 
 def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
     c.model.delta = 1e-3
-    c.model.parameterization = "wiener"  # see drifts.wiener_preconditioned
     c.net.preset, c.net.channels, c.net.forward_channels = "tiny", 16, 8
     c.data.name = "digits"
+    # The training split's per-channel mean and std, for the edm predictor.
+    c.model.data_mean, c.model.data_std = data.channel_stats(c.data, c.seed)
     c.optim.lr, c.optim.schedule, c.optim.warmup_steps = 2e-3, "polynomial", 20
     c.optim.ema_decay = 0.99
     c.train.batch_size, c.train.num_steps = 32, 600

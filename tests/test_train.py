@@ -28,6 +28,10 @@ def toy_config(**overrides):
     c = toy2d.get_config("tiny")
     c.unlock()
     c.mesh.shard_min_size = 0  # shard every divisible parameter when mesh.model > 1
+    # From NFDM's default neural-matched g and edm predictor the volatility's gradient is
+    # near zero for the first steps (reduction-order noise that Adam amplifies to ~lr);
+    # the δ-matched base gives every group a real gradient, so sharding is what is tested.
+    c.model.volatility_base = "delta_matched"
     for k, v in overrides.items():
         node, *path = k.split(".")
         target = c[node]

@@ -69,6 +69,11 @@ def test_invalid_combinations_are_named():
         Model(config_for({"model.name": "bogus"}), (2,))
 
 
+def test_forward_network_time_scale_comes_from_the_config():
+    model = Model(config_for({"net.forward_time_scale": 3.0}), (2,))
+    assert model.forward_net.time_scale == 3.0 and model.predictor_net.time_scale == 1000.0
+
+
 def test_image_model_conventions():
     from experiments import cifar10
 
@@ -78,6 +83,7 @@ def test_image_model_conventions():
     x = model.preprocess(pixels, jax.random.PRNGKey(0))
     np.testing.assert_allclose(x, (2 * pixels.astype(np.float32) + 1) / 256 - 1)
     assert model.log_jacobian == 0.0 and model.dim == 192
+    assert model.forward_net.time_scale == c.net.forward_time_scale == 1.0
 
 
 def test_every_model_of_the_table_is_tested():

@@ -252,7 +252,9 @@ def test_2d_networks_shapes_and_zero_forward():
     cond = jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)
     t = jnp.linspace(0.0, 1.0, 5)
 
-    assert _init_apply(predictor, x, t, cond).shape == (5, 2)
+    out = _init_apply(predictor, x, t, cond)
+    assert out.shape == (5, 2)
+    np.testing.assert_array_equal(out, 0.0)  # zero output layer: each predictor's own start
     assert _init_apply(predictor, x, 0.5).shape == (5, 2)  # scalar t broadcasts
     m_bar, l_bar = _init_apply(forward, x, t, train=True)
     assert m_bar.shape == l_bar.shape == (5, 2)

@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits_steps", default=None, help="comma-separated step counts")
     parser.add_argument("--digits_workdir", default="/tmp/fidelity_digits")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the 2-D models")
+    parser.add_argument("--densities", default=None, help="comma-separated subset of densities")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else Settings()
     if args.steps is not None:
@@ -461,9 +463,12 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     ring: dict[str, Trained] = {}
     if "likelihood" in sections:
-        res["likelihood"], trained = likelihood_section(
-            s, key, MODELS_2D, tuple(lib.DENSITIES), profiles=True)
-        ring = trained["eight_gaussians"]
+        models = ({k: MODELS_2D[k] for k in args.models.split(",")} if args.models
+                  else MODELS_2D)
+        densities = tuple(args.densities.split(",")) if args.densities else tuple(lib.DENSITIES)
+        res["likelihood"], trained = likelihood_section(s, key, models, densities,
+                                                        profiles=True)
+        ring = trained.get("eight_gaussians", {})
         save(res, args.out)
     if "nfe" in sections:
         if not ring:

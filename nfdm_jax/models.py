@@ -389,6 +389,9 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
     n = config.net
     if len(shape) == 1:
         predictor, fwd = nets.make_2d_networks(n.hidden, n.depth, n.time_embed_dim)
+        # Zero output is the intended start of an ε-network only (see PredictorMLP2D).
+        predictor = predictor.clone(
+            zero_init_output=config.model.parameterization == "eps")
     else:
         overrides = {k: n[k] for k in ("channels", "depth", "dropout", "forward_channels")
                      if n[k] is not None}

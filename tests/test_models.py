@@ -102,8 +102,8 @@ def test_validate_rules_come_from_the_table():
 
 
 def test_nfdm_starts_at_the_linear_posterior_mean_and_frozen_is_the_untrained_process():
-    """Zero-initialised output layers: at init the edm predictor is the closed-form Gaussian
-    posterior mean of the untrained process, for NFDM and its :frozen control alike; the
+    """With a zero network the edm predictor is the closed-form Gaussian posterior mean of
+    the untrained process, for NFDM and its :frozen control alike; the
     frozen model has no forward parameters and its process is μ = (1 − t) x, σ = δ^(1−t)."""
     mean, std = (0.5, -1.0), (2.0, 0.5)
     edits = {"model.data_mean": mean, "model.data_std": std}
@@ -117,6 +117,7 @@ def test_nfdm_starts_at_the_linear_posterior_mean_and_frozen_is_the_untrained_pr
     for name in ("nfdm", "nfdm_frozen"):
         model = Model(config_for({**VARIANTS[name], **edits}), (2,))
         params = model.init(key, batch)
+        params["predictor"] = jax.tree.map(jnp.zeros_like, params["predictor"])  # NN ≡ 0
         np.testing.assert_allclose(model.predictor_fn(params)(z, t), posterior, rtol=1e-5,
                                    atol=1e-5)
     mu, log_sigma = model.forward_fn(params)(batch["x"], t)

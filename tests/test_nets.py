@@ -254,7 +254,9 @@ def test_2d_networks_shapes_and_zero_forward():
 
     out = _init_apply(predictor, x, t, cond)
     assert out.shape == (5, 2)
-    np.testing.assert_array_equal(out, 0.0)  # zero output layer: each predictor's own start
+    assert float(jnp.max(jnp.abs(out))) > 0.0   # random last layer by default
+    zero = _init_apply(predictor.clone(zero_init_output=True), x, t, cond)
+    np.testing.assert_array_equal(zero, 0.0)
     assert _init_apply(predictor, x, 0.5).shape == (5, 2)  # scalar t broadcasts
     m_bar, l_bar = _init_apply(forward, x, t, train=True)
     assert m_bar.shape == l_bar.shape == (5, 2)

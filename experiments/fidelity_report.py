@@ -356,6 +356,9 @@ def markdown(res: dict[str, Any]) -> str:
                              + " |")
     if "ablation" in res:
         lines += ["\n## Ablation on the ring (one change at a time from the default)\n",
+                  "Ablation rows as recorded in results.json; the run in this report's commands "
+                  "used the zero-initialised 2-D `edm` predictor (see README.md), the default rows "
+                  "come from the likelihood section.\n",
                   "| variant | NELBO − H | ODE NLL − H | train s |", "|---|---|---|---|"]
         base = res.get("likelihood", {}).get("eight_gaussians", {}).get("models", {})
         for name in ("nfdm", "vp"):

@@ -45,7 +45,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +56,6 @@ from matplotlib.figure import Figure
 
 from experiments import digits, report_lib as lib, toy2d, toy2d_ot
 from nfdm_jax import losses, sampling
-from nfdm_jax.forward import marginal_and_velocity
 from nfdm_jax.metrics.sample_distances import sliced_wasserstein
 from nfdm_jax.models import Model, Params
 from nfdm_jax.train import optimizer as optim

@@ -128,8 +128,6 @@ MODELS: dict[str, ModelSpec] = {
     "vdm_learned": ModelSpec(_vp, "nelbo", ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
     "flow_matching": ModelSpec(_straight, "nelbo", _ALL_G, _PRED),
 }
-VOLATILITIES = ("learned", "vp_matching", "neural_matched", "delta_matched", "sigmoid", "zero")
-PARAMETERIZATIONS = ("edm", "preconditioned", "x", "eps")
 
 
 class Model:

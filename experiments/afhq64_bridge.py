@@ -20,6 +20,8 @@ def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
     c.model.name, c.model.volatility_base = "nfbm", "delta_matched"
     c.model.delta = 1e-3
+    # Rough image statistics for the edm predictor; measure with nfdm_jax.data.channel_stats.
+    c.model.data_mean, c.model.data_std = (0.0, 0.0, 0.0), (0.5, 0.5, 0.5)
     c.net.preset = "afhq64"
     c.data.name, c.data.target, c.data.source = "afhq64", "cat", "dog"
     c.optim.lr, c.optim.schedule, c.optim.warmup_steps = 1e-4, "constant", 5_000

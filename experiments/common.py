@@ -21,13 +21,18 @@ def base_config() -> ConfigDict:
     c.seed = 0
 
     c.model = m = ConfigDict()
-    m.name = "nfdm"                # nfdm | nfdm_ot | nfbm | vdm | vdm_learned | flow_matching
+    m.name = "nfdm"                # a key of nfdm_jax.models.MODELS
     m.delta = 1e-3                 # σ at t = 0; see the image configs for why not 0.01
     m.volatility = "learned"       # learned | vp_matching | neural_matched | delta_matched | sigmoid | zero
     m.volatility_base = "neural_matched"  # start of a learned g²: neural_matched | delta_matched
     m.volatility_hidden = 64
-    m.parameterization = "preconditioned"   # preconditioned | wiener | x | eps (VP models only)
-    m.data_std = 0.5               # σ_d of the data, for parameterization='wiener'
+    # Predictor: edm (EDM scalings from the untrained process and the data's statistics) |
+    # preconditioned (the paper's) | x | eps (VP models). See nfdm_jax.models.
+    m.parameterization = "edm"
+    # Per-channel mean and std of the data in the model's convention, for 'edm'; the
+    # experiment configs measure them from the training split (nfdm_jax.data.channel_stats).
+    m.data_mean = config_dict.placeholder(tuple)
+    m.data_std = config_dict.placeholder(tuple)
     m.gamma = "linear"             # VP schedule: linear | cosine (vdm_learned learns its own)
     m.gamma_min = -13.3
     m.gamma_max = 5.0
@@ -49,6 +54,7 @@ def base_config() -> ConfigDict:
     n.conv = "auto"                # auto (matmul on CPU, XLA conv elsewhere) | xla | matmul
     n.hidden = 256                 # 2-D MLPs
     n.time_embed_dim = 32
+    n.forward_time_scale = 1.0     # forward network's time features: sin/cos(scale · t · freqs)
 
     c.data = d = ConfigDict()
     d.name = "cifar10"             # cifar10 | imagenet32 | imagenet64 | digits | afhq64 | toy2d
@@ -71,7 +77,8 @@ def base_config() -> ConfigDict:
     o.b2 = 0.999
     o.eps = 1e-8
     o.weight_decay = 0.0
-    o.clip_norm = 1.0
+    o.clip_norm = 1.0              # max gradient norm, see o.clip
+    o.clip = "global"              # global (one norm over all parameters) | per_group
     o.ema_decay = 0.9999
     # Learning-rate multipliers per parameter group (optax.multi_transform).
     o.lr_scale = ConfigDict({"forward": 1.0, "predictor": 1.0, "volatility": 1.0, "gamma": 1.0})
@@ -140,7 +147,8 @@ def apply_variants(c: ConfigDict, arg: str, variants: dict[str, Variant]) -> Con
 
 
 def model_variants() -> dict[str, Variant]:
-    """Baselines on the same network and data: VDM, learned-γ VDM, flow matching, NFDM-OT."""
+    """Baselines on the same network and data: VDM, learned-γ VDM, flow matching, NFDM-OT,
+    and the frozen-process control."""
 
     def vdm(c: ConfigDict) -> None:
         c.model.name, c.model.volatility, c.model.parameterization = "vdm", "vp_matching", "eps"
@@ -153,9 +161,15 @@ def model_variants() -> dict[str, Variant]:
         c.model.name, c.model.volatility = "flow_matching", "learned"
         c.data.convention = "dequantized" if c.data.convention == "discrete" else c.data.convention
 
+    def frozen(c: ConfigDict) -> None:
+        # The control: the same NFDM with its forward process held at the untrained one
+        # and g at that process's matched volatility; isolates what learning q adds.
+        c.model.name, c.model.volatility = "nfdm_frozen", "neural_matched"
+
     def ot(c: ConfigDict) -> None:
         c.model.name, c.model.volatility = "nfdm_ot", "zero"
         c.model.curvature_weight = 0.1
         c.sample.method, c.sample.steps = "ode", 12
 
-    return {"vdm": vdm, "vdm_learned": vdm_learned, "flow_matching": flow_matching, "ot": ot}
+    return {"vdm": vdm, "vdm_learned": vdm_learned, "flow_matching": flow_matching,
+            "frozen": frozen, "ot": ot}

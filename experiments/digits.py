@@ -18,36 +18,30 @@ took 23 % more CPU time (217 vs 176 s), as CPUs lack fast bf16 matmuls. Since bf
 cost likelihood here, the image configs may use it on GPUs/TPUs
 (``benchmarks/gpu_cifar10.sh`` measures its speed); their default stays float32.
 
-Meant for: a CPU. Measured on a shared 2-core VM (test BPD over all 297 test images,
-K = 1 t-sample each; wall time includes ~3 min of compiling and other jobs on the cores):
-
-    model (variant)                        steps   wall       test BPD
-    nfdm, paper's preconditioning,         600    12.2 min   10.8
-      δ-matched g base (earlier default)
-    nfdm, Wiener preconditioning (default)  600    12.2 min    6.84  (8.07 at step 300)
-    same, --config.train.num_steps=2000    2000    35 min      5.16  (5.72 at step 1000)
-      --config.train.eval_every=1000
-    vdm (``:vdm``)                          600     4.7 min    5.7
-    nfdm, Wiener, ``digits`` preset,        600    21 min     5.74  (6.45 at step 300)
-      10 steps/dispatch (default; 176 CPU-s,
-      load average 15)
-
-The paper's predictor x̂ = (1 − t) z + (t + δ) NN starts at x̂ = (1 − t) z, whose error at small t
-is weighted by an SNR of ~1/δ² = 10⁶: the initial NELBO is ~10⁴ bits/dim, and most of a short
-run is spent undoing that. ``parameterization = "wiener"`` (drifts.wiener_preconditioned)
-starts at the linear posterior mean of the untrained process instead (~10 bits/dim at step 0).
-Expected: test BPD below the uniform model's 8.0 within the default 600 steps, and still
-falling; ``--config.train.num_steps=2000`` trains further.
+Meant for: a CPU. Predictor: ``edm`` (drifts.edm_preconditioned), the default of every neural
+model since issue #9, with the training split's mean and std (−0.39, 0.75 in bin-centre units)
+measured when the config is built; it starts at the linear posterior mean of the untrained
+process. The paper's predictor (``--config.model.parameterization=preconditioned``) starts at
+x̂ = (1 − t) z, whose error at small t is weighted by an SNR of ~1/δ² = 10⁶ (initial NELBO ~10⁴
+bits/dim). Test BPD of this config at several step counts, and of ``:frozen`` and ``:vdm``:
+``reports/fidelity/results.md`` (``python -m experiments.fidelity_report --sections=digits``).
+Earlier measurements (before issue #9; K = 1): the previous Wiener predictor 6.84 at 600 steps
+and 5.16 at 2000; ``:vdm`` 5.7 at 600 (with a δ-width decoder, not its schedule's).
+Expected: test BPD below the uniform 8-bit model's 8.0 within 300 steps (measured 6.92 at
+300 steps, K = 16; ``:frozen`` 6.64, ``:vdm`` 6.37), still falling; not yet the 4.09 of a
+uniform model over the 17 grey levels.
 """
 from experiments import common
+from nfdm_jax import data
 
 
 def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
     c.model.delta = 1e-3
-    c.model.parameterization = "wiener"  # see drifts.wiener_preconditioned
     c.net.preset = "digits"  # 32 channels, forward net 16: see nets.presets
     c.data.name = "digits"
+    # The training split's per-channel mean and std, for the edm predictor.
+    c.model.data_mean, c.model.data_std = data.channel_stats(c.data, c.seed)
     c.optim.lr, c.optim.schedule, c.optim.warmup_steps = 2e-3, "polynomial", 20
     c.optim.ema_decay = 0.99
     c.train.batch_size, c.train.num_steps, c.train.steps_per_dispatch = 32, 600, 10

@@ -15,6 +15,7 @@ Expected: samples on the eight modes; NELBO well below the N(0, I) prior's ≈ 3
 Variants: ``tiny``, ``vdm``, ``flow_matching``, ``ot``.
 """
 from experiments import common
+from nfdm_jax import data
 
 
 def toy_defaults(c: common.ConfigDict) -> None:
@@ -33,7 +34,13 @@ def toy_defaults(c: common.ConfigDict) -> None:
     c.sample.num = 2048
 
 
+def measure_data_stats(c: common.ConfigDict) -> None:
+    """``config.model.data_mean`` / ``data_std`` from the training split (edm predictor)."""
+    c.model.data_mean, c.model.data_std = data.channel_stats(c.data, c.seed)
+
+
 def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
     toy_defaults(c)
+    measure_data_stats(c)
     return common.apply_variants(c, arg, common.model_variants())

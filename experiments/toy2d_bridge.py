@@ -10,7 +10,7 @@ ones, around the disc. Meant for: one CPU or GPU. Expected: generated paths that
 the disc and end on the checkerboard.
 """
 from experiments import common
-from experiments.toy2d import toy_defaults
+from experiments.toy2d import measure_data_stats, toy_defaults
 
 
 def get_config(arg: str = "") -> common.ConfigDict:
@@ -20,4 +20,5 @@ def get_config(arg: str = "") -> common.ConfigDict:
     c.model.obstacle_weight, c.model.obstacle_centre, c.model.obstacle_radius = 10.0, (0.0, 0.0), 1.0
     c.data.target, c.data.target_offset = "checkerboard", (4.5, 0.0)
     c.data.source, c.data.source_offset = "two_moons", (-4.5, 0.0)
+    measure_data_stats(c)
     return common.apply_variants(c, arg, {})

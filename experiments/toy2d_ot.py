@@ -9,12 +9,13 @@ g ≡ 0, loss = velocity matching + λ · curvature (SPEC §1.4) with λ = ``mod
 the eight modes from 1–4 Euler steps, nearly straight generative paths.
 """
 from experiments import common
-from experiments.toy2d import toy_defaults
+from experiments.toy2d import measure_data_stats, toy_defaults
 
 
 def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
     toy_defaults(c)
+    measure_data_stats(c)
     c.model.name, c.model.volatility, c.model.curvature_weight = "nfdm_ot", "zero", 0.1
     c.sample.method, c.sample.steps = "ode", 4
     return common.apply_variants(c, arg, {})

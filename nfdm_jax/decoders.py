@@ -48,9 +48,9 @@ def dequantized(key: Array, pixels: Array) -> Array:
     return 2.0 * (pixels.astype(jnp.float32) + u) / NUM_VALUES - 1.0
 
 
-def gaussian_nll(delta: float) -> DecoderNLL:
-    """−log N(x; z_0, δ² I) in nats per example."""
-    const = math.log(delta) + 0.5 * math.log(2.0 * math.pi)
+def gaussian_nll(delta: float | Array) -> DecoderNLL:
+    """−log N(x; z_0, δ² I) in nats per example (δ a float or a traced scalar)."""
+    const = jnp.log(delta) + 0.5 * math.log(2.0 * math.pi)
 
     def nll(z0: Array, x: Array) -> Array:
         return sum_per_example(0.5 * jnp.square((x - z0) / delta) + const)
@@ -58,7 +58,7 @@ def gaussian_nll(delta: float) -> DecoderNLL:
     return nll
 
 
-def discrete_nll(delta: float, num_values: int = NUM_VALUES) -> DecoderNLL:
+def discrete_nll(delta: float | Array, num_values: int = NUM_VALUES) -> DecoderNLL:
     """VDM's per-pixel categorical decoder; ``x`` must hold bin centres (:func:`centred`).
 
     Memory is ``B · D · num_values`` floats for the logits.
@@ -76,7 +76,7 @@ def discrete_nll(delta: float, num_values: int = NUM_VALUES) -> DecoderNLL:
     return nll
 
 
-def make_decoder(convention: str, delta: float) -> DecoderNLL:
+def make_decoder(convention: str, delta: float | Array) -> DecoderNLL:
     """The decoder of a likelihood convention (one of :data:`CONVENTIONS`)."""
     if convention == "discrete":
         return discrete_nll(delta)

@@ -5,13 +5,14 @@ All functions act on a batch: ``z`` and the fields of a :class:`Marginal` are
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from nfdm_jax.forward import ForwardFn, Marginal, marginal_and_velocity
+from nfdm_jax.forward import ForwardFn, Marginal, marginal_and_velocity, vp_forward
 from nfdm_jax.ops import bcast_time
+from nfdm_jax.schedules import Schedule
 from nfdm_jax.volatility import Volatility
 
 Array = jax.Array
@@ -59,26 +60,68 @@ def preconditioned(net: Callable[[Array, Array], Array], delta: float) -> Predic
     return predictor
 
 
-def wiener_preconditioned(net: Callable[[Array, Array], Array], delta: float,
-                          data_std: float = 0.5) -> Predictor:
-    """x̂(z, t) = c_skip z + c_out net(z, t), scaled for the *untrained* neural process.
+class EDMScalings(NamedTuple):
+    """Coefficients of :func:`edm_preconditioned`, each ``[B, *D]``."""
 
-    With a = 1 − t and s = δ^(1−t) (the process of a zero forward network) and data of
-    per-dimension std σ_d, c_skip = a σ_d² / (a² σ_d² + s²) makes x̂ the linear
-    posterior mean when ``net`` outputs 0, and c_out = s σ_d / √(a² σ_d² + s²) is the
-    posterior std, so the network's target has unit scale at every t (as in EDM). The
-    paper's :func:`preconditioned` instead starts at x̂ = (1 − t) z, whose error at small t
-    is amplified by an SNR of ~1/δ² in L_diff; this start trains images much faster.
+    c_skip: Array
+    c_out: Array
+    c_in: Array
+    offset: Array   # E[z_t] = offset + a m: the centring of the network's input
+
+
+def edm_scalings(base: ForwardFn, z: Array, t: Array, data_mean: Array,
+                 data_std: Array) -> EDMScalings:
+    """EDM's c_skip, c_out, c_in for a *linear* Gaussian process z = b + a x + s ε.
+
+    ``base`` is that process (for NFDM the untrained one: a = 1 − t, b = 0, s = δ^(1−t));
+    a, b and s are read off it at x = 0 and x = 1. For data of per-channel mean m and std
+    σ_d (``data_mean``, ``data_std`` broadcast against ``z``'s trailing axes),
+    Var z = a² σ_d² + s², and the linear posterior mean and std of x given z are
+    m + c_skip (z − b − a m) and c_out, with c_skip = a σ_d² / (a² σ_d² + s²) and
+    c_out = s σ_d / √(a² σ_d² + s²); c_in = 1 / √(a² σ_d² + s²) whitens the input.
     """
-    log_delta = jnp.log(delta)
+    data_mean, data_std = jnp.broadcast_to(data_mean, z.shape), jnp.broadcast_to(data_std, z.shape)
+    b, log_s = base(jnp.zeros_like(z), t)
+    a = base(jnp.ones_like(z), t)[0] - b
+    var_d = jnp.square(data_std)
+    c_in = jax.lax.rsqrt(jnp.square(a) * var_d + jnp.exp(2.0 * log_s))
+    return EDMScalings(c_skip=a * var_d * jnp.square(c_in),
+                       c_out=jnp.exp(log_s) * data_std * c_in, c_in=c_in, offset=b + a * data_mean)
+
+
+def edm_preconditioned(net: Callable[[Array, Array], Array], base: ForwardFn,
+                       data_mean: Array, data_std: Array) -> Predictor:
+    """x̂(z, t) = m + c_skip (z − E z) + c_out net(c_in (z − E z), t) (EDM, Karras et al.).
+
+    The scalings (:func:`edm_scalings`) come from the linear process ``base`` (for NFDM the
+    untrained neural process, so that they do not move as the forward network learns) and
+    the data's per-channel mean m and std σ_d: with ``net ≡ 0`` x̂ is the linear (Gaussian)
+    posterior mean E[x | z_t], the network's input has unit variance, and its regression
+    target (x − m − c_skip (z − E z)) / c_out has unit variance at every t for Gaussian
+    data. The paper's :func:`preconditioned` starts at x̂ = (1 − t) z instead, whose error
+    is weighted by up to ~10²–10⁶ in L_diff (issue #9). c_noise is t itself (the networks
+    embed t). ``data_mean``, ``data_std``: ``[C]`` (or broadcastable to ``z``'s trailing axes).
+    """
+    mean, std = jnp.asarray(data_mean, jnp.float32), jnp.asarray(data_std, jnp.float32)
 
     def predictor(z: Array, t: Array) -> Array:
-        tb = bcast_time(t, z)
-        a, s2 = 1.0 - tb, jnp.exp(2.0 * (1.0 - tb) * log_delta)
-        total = jnp.square(a * data_std) + s2
-        c_skip = a * data_std ** 2 / total
-        c_out = jnp.sqrt(s2) * data_std * jax.lax.rsqrt(total)
-        return c_skip * z + c_out * net(z, t)
+        c = edm_scalings(base, z, t, mean, std)
+        centred = z - c.offset
+        return jnp.broadcast_to(mean, z.shape) + c.c_skip * centred + c.c_out * net(c.c_in * centred, t)
+
+    return predictor
+
+
+def eps_predictor(net: Callable[[Array, Array], Array], gamma: Schedule) -> Predictor:
+    """VDM's ε-parameterization for a VP process: x̂ = (z − σ_t ε̂(z, t)) / α_t.
+
+    α_t and σ_t are those of :func:`forward.vp_forward` with schedule ``gamma``.
+    """
+    vp = vp_forward(gamma)
+
+    def predictor(z: Array, t: Array) -> Array:
+        alpha, log_sigma = vp(jnp.ones_like(z), t)       # μ of x = 1 is α_t
+        return (z - jnp.exp(log_sigma) * net(z, t)) / alpha
 
     return predictor
 

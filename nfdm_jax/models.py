@@ -9,18 +9,27 @@ parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts
 * accessors (:meth:`forward_fn`, :meth:`predictor_fn`, :meth:`volatility_fn`,
   :meth:`drift_fn`) returning the plain callables that samplers and likelihoods take.
 
-Models (``config.model.name``), with the forward process and objective they use:
+Models (``config.model.name``) are the entries of :data:`MODELS`, one :class:`ModelSpec`
+each: its forward process, objective, decoder width, and the volatilities and predictor
+parameterizations it allows (:func:`validate` derives its rules from the table). Adding a
+model is one entry plus its test.
 
 ============== =============================== =================================
 name           forward process                 objective
 ============== =============================== =================================
 nfdm           neural (SPEC §1.1)              NELBO
+nfdm_frozen    neural, network held at 0       NELBO (control: nothing learned in q)
 nfdm_ot        neural, g ≡ 0                   NFDM-OT (matching + curvature)
 nfbm           neural bridge (SPEC §1.5)       L_diff + L_rec (+ obstacle)
 vdm            VP, linear or cosine γ          NELBO (VDM's continuous loss)
 vdm_learned    VP, learned monotone γ          NELBO
 flow_matching  straight path                   NELBO
 ============== =============================== =================================
+
+Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
+the default of the neural models; needs ``config.model.data_mean`` / ``data_std``),
+``preconditioned`` (the paper's x̂ = (1 − t) z + (t + δ) NN), ``x`` (the network itself)
+and ``eps`` (VP models: :func:`drifts.eps_predictor`).
 
 Batches are dicts: ``"x"`` the data (uint8 pixels for the ``discrete`` and ``dequantized``
 conventions, float for ``continuous``) and, for bridges, ``"x1"`` the source sample.
@@ -29,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -37,20 +46,88 @@ import jax.numpy as jnp
 import ml_collections
 
 from nfdm_jax import decoders, drifts, forward, losses, nets, schedules, volatility
-from nfdm_jax.ops import bcast_time
 
 Array = jax.Array
 Params = dict[str, Any]
 Batch = dict[str, Array]
 
-MODELS = ("nfdm", "nfdm_ot", "nfbm", "vdm", "vdm_learned", "flow_matching")
-VOLATILITIES = ("learned", "vp_matching", "neural_matched", "delta_matched", "sigmoid", "zero")
 VOLATILITY_BASES = {"neural_matched": volatility.neural_matched,
                     "delta_matched": volatility.delta_matched}
-PARAMETERIZATIONS = ("preconditioned", "wiener", "x", "eps")
-_NEURAL = ("nfdm", "nfdm_ot", "nfbm")
-_VP = ("vdm", "vdm_learned")
 _NETWORK_IDS = {"forward": 0, "predictor": 1}
+_ALL_G = ("learned", "neural_matched", "delta_matched", "sigmoid")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One model of :data:`MODELS`.
+
+    Attributes:
+      forward: ``forward(model, params, x1, net) -> ForwardFn``; ``net(x, t, cond)`` is the
+        bound forward network (None when ``forward_net`` is False).
+      objective: ``"nelbo"``, ``"ot"`` (NFDM-OT) or ``"bridge"`` (NFBM).
+      volatilities: the allowed ``config.model.volatility`` values.
+      parameterizations: the allowed ``config.model.parameterization`` values.
+      forward_net: whether the model has (and trains) a forward network.
+      base: the untrained forward process, for the ``edm`` scalings (None: ``forward``).
+      vp: a VP process with a log-SNR schedule; its decoder width is that schedule's
+        σ_0 / α_0 on z_0 / α_0 (VDM), not δ.
+    """
+
+    forward: Callable[["Model", "Params", Optional[Array], Any], forward.ForwardFn]
+    objective: str
+    volatilities: tuple[str, ...]
+    parameterizations: tuple[str, ...]
+    base: Optional[Callable[["Model", "Params", Optional[Array], Any], forward.ForwardFn]] = None
+    forward_net: bool = False
+    vp: bool = False
+
+    def base_process(self, model: "Model", params: "Params",
+                     x1: Optional[Array]) -> forward.ForwardFn:
+        """The linear process that sets the ``edm`` scalings: ``base`` if given (the
+        untrained process of a learned one), else the model's own (fixed) process."""
+        return (self.base or self.forward)(model, params, x1, None)
+
+
+def _neural(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
+    return forward.neural_forward(lambda x, t: net(x, t, None), model.m.delta)
+
+
+def _frozen(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
+    # The untrained process exactly: μ = (1 − t) x, log σ = (1 − t) log δ.
+    zero = lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x))  # noqa: E731
+    return forward.neural_forward(zero, model.m.delta)
+
+
+def _bridge(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
+    bridge = forward.bridge_forward(lambda x0, c, t: net(x0, t, c), model.m.delta)
+    return forward.with_pinned_ends(lambda x, t: bridge(x, x1, t), forward.pinned_ends(bridge))
+
+
+def _zero_bridge(model: "Model", params: "Params", x1: Optional[Array],
+                 net: Any) -> forward.ForwardFn:
+    return _bridge(model, params, x1, lambda x0, t, c: (jnp.zeros_like(x0), jnp.zeros_like(x0)))
+
+
+def _vp(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
+    return forward.vp_forward(model.gamma_fn(params))
+
+
+def _straight(model: "Model", params: "Params", x1: Optional[Array],
+              net: Any) -> forward.ForwardFn:
+    return forward.straight_forward(model.m.delta)
+
+
+_PRED = ("edm", "preconditioned", "x")
+MODELS: dict[str, ModelSpec] = {
+    "nfdm": ModelSpec(_neural, "nelbo", _ALL_G, _PRED, base=_frozen, forward_net=True),
+    "nfdm_frozen": ModelSpec(_frozen, "nelbo", _ALL_G, _PRED),
+    "nfdm_ot": ModelSpec(_neural, "ot", ("zero",), _PRED, base=_frozen, forward_net=True),
+    "nfbm": ModelSpec(_bridge, "bridge", ("learned", "delta_matched", "sigmoid"), _PRED,
+                      base=_zero_bridge, forward_net=True),
+    "vdm": ModelSpec(_vp, "nelbo", ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
+    "vdm_learned": ModelSpec(_vp, "nelbo", ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
+    "flow_matching": ModelSpec(_straight, "nelbo", _ALL_G, _PRED),
+}
 
 
 class Model:
@@ -69,13 +146,15 @@ class Model:
         self.shape = tuple(shape)
         self.dim = math.prod(self.shape)
         self.name = self.m.name
-        self.bridge = self.name == "nfbm"
+        self.spec = MODELS[self.name]
+        self.bridge = self.spec.objective == "bridge"
         self.convention = config.data.convention
-        self.decoder_nll = decoders.make_decoder(self.convention, self.m.delta)
         self.log_jacobian = decoders.log_jacobian_per_dim(self.convention)
         self.predictor_net, self.forward_net = _make_networks(config, self.shape, self.bridge)
         self.volatility_net = (nets.VolatilityMLP(self.m.volatility_hidden)
                                if self.m.volatility == "learned" else None)
+        if self.m.parameterization == "edm":
+            self.data_mean, self.data_std = _data_stats(config, self.shape)
 
     # ---------------------------------------------------------------- parameters
 
@@ -87,7 +166,7 @@ class Model:
         cond = self.condition(batch)
         params: Params = {"forward": {}, "predictor": {}, "volatility": {}, "gamma": {}}
         params["predictor"] = self.predictor_net.init(kp, x, t, cond)["params"]
-        if self.name in _NEURAL:
+        if self.spec.forward_net:
             params["forward"] = self.forward_net.init(kf, x, t, cond)["params"]
         if self.volatility_net is not None:
             params["volatility"] = self.volatility_net.init(kv, t)["params"]
@@ -131,21 +210,15 @@ class Model:
     def forward_fn(self, params: Params, x1: Optional[Array] = None, *, train: bool = False,
                    dropout_key: Optional[Array] = None) -> forward.ForwardFn:
         """``forward(x, t) -> (mu, log_sigma)``; for bridges closed over the source ``x1``."""
-        if self.name in _VP:
-            return forward.vp_forward(self.gamma_fn(params))
-        if self.name == "flow_matching":
-            return forward.straight_forward(self.m.delta)
-        rngs = self._rngs(train, dropout_key, "forward")
+        net = None
+        if self.spec.forward_net:
+            rngs = self._rngs(train, dropout_key, "forward")
 
-        def net(x: Array, t: Array, cond: Optional[Array] = None) -> tuple[Array, Array]:
-            return self.forward_net.apply({"params": params["forward"]}, x, t, cond,
-                                          train=train, rngs=rngs)
+            def net(x: Array, t: Array, cond: Optional[Array] = None) -> tuple[Array, Array]:
+                return self.forward_net.apply({"params": params["forward"]}, x, t, cond,
+                                              train=train, rngs=rngs)
 
-        if self.bridge:
-            bridge = forward.bridge_forward(lambda x0, c, t: net(x0, t, c), self.m.delta)
-            return forward.with_pinned_ends(lambda x, t: bridge(x, x1, t),
-                                            forward.pinned_ends(bridge))
-        return forward.neural_forward(net, self.m.delta)
+        return self.spec.forward(self, params, x1, net)
 
     def predictor_fn(self, params: Params, x1: Optional[Array] = None, *, train: bool = False,
                      dropout_key: Optional[Array] = None) -> drifts.Predictor:
@@ -156,21 +229,25 @@ class Model:
             return self.predictor_net.apply({"params": params["predictor"]}, z, t, x1,
                                             train=train, rngs=rngs)
 
-        if self.m.parameterization == "preconditioned":
+        kind = self.m.parameterization
+        if kind == "edm":
+            base = self.spec.base_process(self, params, x1)
+            return drifts.edm_preconditioned(net, base, self.data_mean, self.data_std)
+        if kind == "preconditioned":
             return drifts.preconditioned(net, self.m.delta)
-        if self.m.parameterization == "wiener":
-            return drifts.wiener_preconditioned(net, self.m.delta, self.m.data_std)
-        if self.m.parameterization == "eps":
-            gamma = self.gamma_fn(params)
-
-            def from_eps(z: Array, t: Array) -> Array:
-                # x̂ = (z − σ_t ε̂) / α_t: VDM's ε-parameterization for VP processes.
-                g = bcast_time(gamma(t), z)
-                log_alpha = 0.5 * jax.nn.log_sigmoid(-g)
-                return (z - jnp.exp(0.5 * jax.nn.log_sigmoid(g)) * net(z, t)) * jnp.exp(-log_alpha)
-
-            return from_eps
+        if kind == "eps":
+            return drifts.eps_predictor(net, self.gamma_fn(params))
         return net
+
+    def decoder_fn(self, params: Params) -> decoders.DecoderNLL:
+        """−log p(x | z_0): width δ, or for VP models their schedule's σ_0 / α_0 on z_0 / α_0
+        (VDM), so that the decoder matches q(z_0 | x) whatever γ(0) is (or learns)."""
+        if not self.spec.vp:
+            return decoders.make_decoder(self.convention, self.m.delta)
+        g0 = self.gamma_fn(params)(jnp.zeros(()))
+        inv_alpha0 = jnp.exp(-0.5 * jax.nn.log_sigmoid(-g0))
+        nll = decoders.make_decoder(self.convention, jnp.exp(0.5 * g0))
+        return lambda z0, x: nll(z0 * inv_alpha0, x)
 
     def volatility_fn(self, params: Params) -> volatility.Volatility:
         """``volatility(t) -> g²`` ``[B]``."""
@@ -215,7 +292,8 @@ class Model:
         pred = self.predictor_fn(params, x1, train=train, dropout_key=dropout_key)
         vol = self.volatility_fn(params)
         t, eps = losses.sample_t_eps(kt, x, self.m.t_min)
-        if self.name == "nfdm_ot":
+        objective = self.spec.objective
+        if objective == "ot":
             terms = losses.nfdm_ot_loss(fwd, pred, x, t, eps, self.m.curvature_weight)
         elif self.bridge:
             obstacle = None
@@ -226,10 +304,11 @@ class Model:
             terms = losses.nfbm_loss(forward.with_pinned_ends(lambda x0, _, tt: fwd(x0, tt),
                                                               forward.pinned_ends(fwd)),
                                      lambda z, tt, _: pred(z, tt),
-                                     vol, x, x1, t, eps, decoder_nll=self.decoder_nll,
+                                     vol, x, x1, t, eps, decoder_nll=self.decoder_fn(params),
                                      obstacle=obstacle, obstacle_weight=self.m.obstacle_weight)
         else:
-            terms = losses.nelbo_terms(fwd, pred, vol, x, t, eps, decoder_nll=self.decoder_nll)
+            terms = losses.nelbo_terms(fwd, pred, vol, x, t, eps,
+                                       decoder_nll=self.decoder_fn(params))
         out = terms._asdict()
         out["total"] = terms.total
         out["bpd"] = losses.bits_per_dim(terms.total, self.dim, self.log_jacobian)
@@ -250,46 +329,74 @@ class Model:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the field when the model config is inconsistent."""
+    """Raises ``ValueError`` naming the field when the model config is inconsistent.
+
+    Which volatilities and parameterizations a model allows comes from :data:`MODELS`.
+    """
     m = config.model
     if m.name not in MODELS:
-        raise ValueError(f"config.model.name={m.name!r}; choose from {MODELS}")
-    if m.volatility not in VOLATILITIES:
-        raise ValueError(f"config.model.volatility={m.volatility!r}; choose from {VOLATILITIES}")
-    if m.parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"config.model.parameterization={m.parameterization!r}; "
-                         f"choose from {PARAMETERIZATIONS}")
+        raise ValueError(f"config.model.name={m.name!r}; choose from {tuple(MODELS)}")
+    spec = MODELS[m.name]
     if config.data.convention not in decoders.CONVENTIONS:
         raise ValueError(f"config.data.convention={config.data.convention!r}; "
                          f"choose from {decoders.CONVENTIONS}")
-    if (m.name == "nfdm_ot") != (m.volatility == "zero"):
-        raise ValueError("nfdm_ot needs config.model.volatility='zero', and only nfdm_ot may "
-                         f"use it (the NELBO divides by g²); got {m.name} with {m.volatility}")
+    if m.volatility not in spec.volatilities:
+        why = " (the NELBO divides by g²)" if m.volatility == "zero" else ""
+        raise ValueError(f"config.model.volatility={m.volatility!r} is not allowed for "
+                         f"{m.name}{why}; choose from {spec.volatilities}")
+    if m.parameterization not in spec.parameterizations:
+        raise ValueError(f"config.model.parameterization={m.parameterization!r} is not allowed "
+                         f"for {m.name}; choose from {spec.parameterizations}")
     if m.volatility_base not in VOLATILITY_BASES:
         raise ValueError(f"config.model.volatility_base={m.volatility_base!r}; "
                          f"choose from {tuple(VOLATILITY_BASES)}")
-    if m.name == "nfbm" and "neural_matched" in (m.volatility, m.volatility_base):
+    if spec.objective == "bridge" and "neural_matched" in (m.volatility, m.volatility_base):
         raise ValueError("neural_matched volatility is derived for the unpinned neural process; "
                          "bridges (nfbm) need config.model.volatility_base='delta_matched'")
-    if m.volatility == "vp_matching" and m.name not in _VP:
-        raise ValueError("config.model.volatility='vp_matching' needs a VP model (vdm, vdm_learned)")
-    if m.parameterization == "eps" and m.name not in _VP:
-        raise ValueError("config.model.parameterization='eps' needs a VP model (vdm, vdm_learned)")
+    if m.parameterization == "edm" and (m.data_mean is None or m.data_std is None):
+        raise ValueError("config.model.parameterization='edm' needs config.model.data_mean and "
+                         "data_std (per channel); measure them with "
+                         "nfdm_jax.data.channel_stats(config.data, config.seed)")
     if m.gamma not in ("linear", "cosine"):
         raise ValueError(f"config.model.gamma={m.gamma!r}; choose 'linear' or 'cosine'")
     if not 0.0 < m.delta < 1.0:
         raise ValueError(f"config.model.delta={m.delta} must lie in (0, 1)")
 
 
+def _data_stats(config: ml_collections.ConfigDict,
+                shape: tuple[int, ...]) -> tuple[Array, Array]:
+    """(mean, std) ``[C]`` from ``config.model.data_mean`` / ``data_std``, checked against
+    the channel count ``shape[-1]``."""
+    m = config.model
+    mean, std = (jnp.asarray(tuple(v), jnp.float32) for v in (m.data_mean, m.data_std))
+    channels = shape[-1]
+    for name, v in (("data_mean", mean), ("data_std", std)):
+        if v.shape not in ((channels,), (1,)):
+            raise ValueError(f"config.model.{name} has {v.size} values; the data have "
+                             f"{channels} channels (give one per channel)")
+    if not bool(jnp.all(std > 0)):
+        raise ValueError(f"config.model.data_std={tuple(m.data_std)} must be positive")
+    return mean, std
+
+
 def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
                    bridge: bool) -> tuple[nn.Module, nn.Module]:
-    """(predictor, forward) Flax modules: MLPs for vectors, U-Nets for images."""
+    """(predictor, forward) Flax modules: MLPs for vectors, U-Nets for images.
+
+    The forward network embeds t · ``config.net.forward_time_scale``: its ∂/∂t enters the
+    drift, and the predictors' usual 1000 amplifies it up to 1000× (issue #9).
+    """
     n = config.net
     if len(shape) == 1:
-        return nets.make_2d_networks(n.hidden, n.depth, n.time_embed_dim)
-    overrides = {k: n[k] for k in ("channels", "depth", "dropout", "forward_channels")
-                 if n[k] is not None}
-    preset = dataclasses.replace(nets.get_preset(n.preset), image_shape=tuple(shape),
-                                 cond_channels=shape[-1] if bridge else 0, **overrides)
-    return nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv,
-                              n.forward_remat_elementwise)
+        predictor, fwd = nets.make_2d_networks(n.hidden, n.depth, n.time_embed_dim)
+        # Zero output is the intended start of an ε-network only (see PredictorMLP2D).
+        predictor = predictor.clone(
+            zero_init_output=config.model.parameterization == "eps")
+    else:
+        overrides = {k: n[k] for k in ("channels", "depth", "dropout", "forward_channels")
+                     if n[k] is not None}
+        preset = dataclasses.replace(nets.get_preset(n.preset), image_shape=tuple(shape),
+                                     cond_channels=shape[-1] if bridge else 0, **overrides)
+        predictor, fwd = nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv,
+                                              n.forward_remat_elementwise)
+    return predictor, fwd.clone(time_scale=n.forward_time_scale)

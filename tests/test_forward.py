@@ -209,18 +209,43 @@ def test_matched_volatility_makes_the_forward_sde_forget_x(name):
         assert float(jnp.max(jnp.abs(wrong))) > 1e-2
 
 
-@pytest.mark.parametrize("t_value", [0.0, 0.3, 0.9, 1.0])
-def test_wiener_preconditioning_is_posterior_mean_and_std_of_initial_process(t_value):
-    """With a zero network x̂ = c_skip z is the least-squares estimate of x ~ N(0, σ_d²) from z
-    of the untrained neural process, and c_out is the residual std (Monte Carlo, 2e5 draws)."""
-    delta, data_std, n = 0.01, 0.5, 200_000
-    fwd = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)), delta)
-    x = data_std * jax.random.normal(jax.random.PRNGKey(0), (n, 1))
+@pytest.mark.parametrize("t_value", [0.0, 0.02, 0.3, 0.9, 1.0])
+def test_edm_predictor_is_gaussian_posterior_mean_and_target_has_unit_variance(t_value):
+    """x ~ N(m, diag σ_d²) per channel, z from the untrained neural process. With a zero
+    network x̂ is the closed-form posterior mean m + a σ_d² (z − a m) / (a² σ_d² + s²); the
+    network's input c_in (z − E z) and its target (x − x̂₀) / c_out have unit variance
+    (Monte Carlo, 2e5 draws), at every t."""
+    delta, n = 0.01, 200_000
+    mean, std = jnp.array([0.7, -0.4]), jnp.array([2.0, 0.3])
+    base = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)), delta)
+    x = mean[None] + std[None] * jax.random.normal(jax.random.PRNGKey(0), (n, 2))
     t = jnp.full((n,), t_value)
-    mu, log_sigma = fwd(x, t)
-    z = mu + jnp.exp(log_sigma) * jax.random.normal(jax.random.PRNGKey(1), (n, 1))
-    x_hat = drifts.wiener_preconditioned(lambda z, t: jnp.zeros_like(z), delta, data_std)(z, t)
-    c_ls = jnp.sum(x * z) / jnp.sum(z * z)
-    np.testing.assert_allclose(jnp.sum(x_hat * z) / jnp.sum(z * z), c_ls, rtol=1e-2, atol=1e-3)
-    c_out = (drifts.wiener_preconditioned(lambda z, t: jnp.ones_like(z), delta, data_std)(z, t) - x_hat)[0, 0]
-    np.testing.assert_allclose(c_out, jnp.sqrt(jnp.mean(jnp.square(x - x_hat))), rtol=1e-2)
+    mu, log_sigma = base(x, t)
+    z = mu + jnp.exp(log_sigma) * jax.random.normal(jax.random.PRNGKey(1), (n, 2))
+    inputs = []
+
+    def zero_net(zin, tt):
+        inputs.append(zin)
+        return jnp.zeros_like(zin)
+
+    x_hat = drifts.edm_preconditioned(zero_net, base, mean, std)(z, t)
+    a, s = 1.0 - t_value, delta ** (1.0 - t_value)
+    posterior = mean[None] + a * std[None] ** 2 * (z - a * mean[None]) / (a ** 2 * std[None] ** 2 + s ** 2)
+    np.testing.assert_allclose(x_hat, posterior, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jnp.var(inputs[0], axis=0), 1.0, rtol=2e-2)
+    c = drifts.edm_scalings(base, z[:1], t[:1], mean, std)
+    target = (x - x_hat) / c.c_out
+    np.testing.assert_allclose(jnp.var(target, axis=0), 1.0, rtol=2e-2)
+    np.testing.assert_allclose(jnp.mean(target, axis=0), 0.0, atol=2e-2)
+
+
+def test_eps_predictor_inverts_the_vp_marginal():
+    """z = α x + σ ε and ε̂ = ε give x̂ = x exactly."""
+    gamma = schedules.linear_gamma()
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
+    eps = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+    t = jnp.linspace(0.05, 0.95, 5)
+    mu, log_sigma = forward.vp_forward(gamma)(x, t)
+    z = mu + jnp.exp(log_sigma) * eps
+    x_hat = drifts.eps_predictor(lambda zz, tt: eps, gamma)(z, t)
+    np.testing.assert_allclose(x_hat, x, rtol=1e-4, atol=1e-4)

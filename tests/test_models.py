@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from experiments import toy2d
-from nfdm_jax.models import Model
+from nfdm_jax import forward, volatility
+from nfdm_jax.models import MODELS, Model
 
 VARIANTS = {  # model -> config edits on the 2-D toy
     "nfdm": {},
@@ -18,6 +19,7 @@ VARIANTS = {  # model -> config edits on the 2-D toy
             "model.parameterization": "eps"},
     "vdm_learned": {"model.name": "vdm_learned", "model.volatility": "vp_matching"},
     "flow_matching": {"model.name": "flow_matching", "model.volatility": "delta_matched"},
+    "nfdm_frozen": {"model.name": "nfdm_frozen", "model.volatility": "neural_matched"},
 }
 
 
@@ -40,6 +42,7 @@ def test_model_loss_and_accessors(name):
     params = model.init(key, batch)
     assert set(params) == {"forward", "predictor", "volatility", "gamma"}
     assert bool(params["forward"]) == (name in ("nfdm", "nfdm_ot", "nfbm"))
+    assert bool(params["forward"]) == MODELS[name].forward_net
     assert bool(params["gamma"]) == (name == "vdm_learned")
 
     loss, metrics = jax.jit(model.loss)(params, batch, key)
@@ -66,6 +69,11 @@ def test_invalid_combinations_are_named():
         Model(config_for({"model.name": "bogus"}), (2,))
 
 
+def test_forward_network_time_scale_comes_from_the_config():
+    model = Model(config_for({"net.forward_time_scale": 3.0}), (2,))
+    assert model.forward_net.time_scale == 3.0 and model.predictor_net.time_scale == 1000.0
+
+
 def test_image_model_conventions():
     from experiments import cifar10
 
@@ -75,3 +83,92 @@ def test_image_model_conventions():
     x = model.preprocess(pixels, jax.random.PRNGKey(0))
     np.testing.assert_allclose(x, (2 * pixels.astype(np.float32) + 1) / 256 - 1)
     assert model.log_jacobian == 0.0 and model.dim == 192
+    assert model.forward_net.time_scale == c.net.forward_time_scale == 1.0
+
+
+def test_every_model_of_the_table_is_tested():
+    assert set(MODELS) == set(VARIANTS)
+
+
+def test_validate_rules_come_from_the_table():
+    with pytest.raises(ValueError, match="parameterization='eps' is not allowed for nfdm"):
+        Model(config_for({"model.parameterization": "eps"}), (2,))
+    c = config_for({})
+    c.model.data_mean = None
+    with pytest.raises(ValueError, match="data_mean"):
+        Model(c, (2,))
+    with pytest.raises(ValueError, match="3 values"):
+        Model(config_for({"model.data_mean": (0.0, 0.0, 0.0)}), (2,))
+
+
+def test_nfdm_starts_at_the_linear_posterior_mean_and_frozen_is_the_untrained_process():
+    """With a zero network the edm predictor is the closed-form Gaussian posterior mean of
+    the untrained process, for NFDM and its :frozen control alike; the
+    frozen model has no forward parameters and its process is μ = (1 − t) x, σ = δ^(1−t)."""
+    mean, std = (0.5, -1.0), (2.0, 0.5)
+    edits = {"model.data_mean": mean, "model.data_std": std}
+    key = jax.random.PRNGKey(0)
+    batch = {"x": jax.random.normal(key, (8, 2))}
+    z = 3.0 * jax.random.normal(jax.random.PRNGKey(1), (8, 2))
+    t = jnp.linspace(0.0, 1.0, 8)
+    a, s = 1.0 - t[:, None], 0.01 ** (1.0 - t[:, None])
+    m, v = np.array(mean)[None], np.array(std)[None] ** 2
+    posterior = m + a * v * (z - a * m) / (a ** 2 * v + s ** 2)
+    for name in ("nfdm", "nfdm_frozen"):
+        model = Model(config_for({**VARIANTS[name], **edits}), (2,))
+        params = model.init(key, batch)
+        params["predictor"] = jax.tree.map(jnp.zeros_like, params["predictor"])  # NN ≡ 0
+        np.testing.assert_allclose(model.predictor_fn(params)(z, t), posterior, rtol=1e-5,
+                                   atol=1e-5)
+    mu, log_sigma = model.forward_fn(params)(batch["x"], t)
+    np.testing.assert_allclose(mu, (1.0 - t[:, None]) * batch["x"], rtol=1e-6)
+    np.testing.assert_allclose(log_sigma, np.broadcast_to((1.0 - t[:, None]) * np.log(0.01),
+                                                          (8, 2)), rtol=1e-6)
+    grads = jax.grad(lambda p: model.loss(p, batch, key)[0])(params)
+    assert not grads["forward"] and model.volatility_fn(params)(t).shape == (8,)
+
+
+@pytest.mark.parametrize("edits", [
+    {"model.name": "vdm"},
+    {"model.name": "vdm", "model.gamma": "cosine"},
+    {"model.name": "vdm_learned"},
+], ids=["linear", "cosine", "learned"])
+def test_vp_nelbo_with_exact_predictor_is_the_closed_form_nll(edits, x64):
+    """Gaussian data x ~ N(m, S) (tests/gaussian_oracle.py's m, S): VP models with the
+    config's γ_min = −13.3 and δ = 0.01. The decoder is the schedule's own, so with the
+    exact posterior-mean predictor and vp_matching g the NELBO equals
+    −log N(x; m, S + 2 σ_0²/α_0² I) up to KL(q(z_1) ‖ N(0, I)) ≈ 1e-3 (a δ-width decoder
+    would add ≈ D (log(δ/σ_0) − ½) ≈ 4.6 nats)."""
+    from gaussian_oracle import DIM, EIGS, MEAN, Q
+
+    model = Model(config_for({**edits, "model.volatility": "vp_matching",
+                              "model.parameterization": "eps",
+                              "model.data_mean": (0.0,) * DIM, "model.data_std": (1.0,) * DIM}),
+                  (DIM,))
+    key = jax.random.PRNGKey(0)
+    params = model.init(key, {"x": jnp.zeros((4, DIM))})
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    gamma = model.gamma_fn(params)
+    cov = (Q * EIGS) @ Q.T
+
+    def exact(z, t):
+        a2 = jax.nn.sigmoid(-gamma(t))[:, None]
+        a = jnp.sqrt(a2)
+        return MEAN + ((z - a * MEAN) @ Q * (a * EIGS / (a2 * EIGS + (1.0 - a2)))) @ Q.T
+
+    n = 200_000
+    x = MEAN + jax.random.normal(jax.random.PRNGKey(5), (n, DIM), jnp.float64) @ \
+        jnp.linalg.cholesky(cov).T
+    from nfdm_jax import losses
+    total = jax.jit(lambda x, k: losses.nelbo(
+        model.forward_fn(params), exact, model.volatility_fn(params), x, k,
+        decoder_nll=model.decoder_fn(params)).total)(x, jax.random.PRNGKey(6))
+    g0 = gamma(jnp.zeros(()))
+    width2 = 2.0 * jnp.exp(g0)                     # 2 σ_0² / α_0²
+    full = cov + width2 * jnp.eye(DIM)
+    diff = x - MEAN
+    nll = 0.5 * (jnp.sum(diff @ jnp.linalg.inv(full) * diff, -1)
+                 + jnp.linalg.slogdet(full)[1] + DIM * np.log(2 * np.pi))
+    gap = total - nll
+    se = float(jnp.std(gap)) / np.sqrt(n)
+    assert -4 * se < float(jnp.mean(gap)) < 4 * se + 0.05, (float(jnp.mean(gap)), se)

@@ -263,7 +263,11 @@ def test_2d_networks_shapes_and_zero_forward():
     cond = jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)
     t = jnp.linspace(0.0, 1.0, 5)
 
-    assert _init_apply(predictor, x, t, cond).shape == (5, 2)
+    out = _init_apply(predictor, x, t, cond)
+    assert out.shape == (5, 2)
+    assert float(jnp.max(jnp.abs(out))) > 0.0   # random last layer by default
+    zero = _init_apply(predictor.clone(zero_init_output=True), x, t, cond)
+    np.testing.assert_array_equal(zero, 0.0)
     assert _init_apply(predictor, x, 0.5).shape == (5, 2)  # scalar t broadcasts
     m_bar, l_bar = _init_apply(forward, x, t, train=True)
     assert m_bar.shape == l_bar.shape == (5, 2)

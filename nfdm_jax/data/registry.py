@@ -11,6 +11,7 @@ import os
 from typing import Callable
 
 import ml_collections
+import numpy as np
 
 from nfdm_jax.data import sources, toy2d
 from nfdm_jax.data.sources import Source
@@ -96,3 +97,25 @@ def make_datasets(data: ml_collections.ConfigDict, seed: int) -> DatasetSpec:
     if data.name not in DATASETS:
         raise ValueError(f"unknown dataset {data.name!r}; choose from {sorted(DATASETS)}")
     return DATASETS[data.name](data, seed)
+
+
+def channel_stats(data: ml_collections.ConfigDict, seed: int, max_examples: int = 10_000
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of the training split's ``"x"`` in the model's units.
+
+    Images are taken as bin centres (2k + 1)/256 − 1 (the ``discrete`` convention; the
+    ``dequantized`` one differs by a negligible 1/(128² · 12) in variance); real data as
+    is. At most ``max_examples`` evenly spaced examples are read. Used by the configs to
+    fill ``config.model.data_mean`` / ``data_std`` (the ``edm`` predictor's statistics),
+    which are then saved with the run's config so that evaluation uses the same values.
+    """
+    source = make_datasets(data, seed).train["x"]
+    idx = np.unique(np.linspace(0, len(source) - 1, min(len(source), max_examples)).astype(int))
+    if isinstance(source, sources.ArraySource):
+        x = source.take(idx)["x"]
+    else:
+        x = np.stack([source[int(i)]["x"] for i in idx])
+    if x.dtype == np.uint8:
+        x = (2.0 * x.astype(np.float64) + 1.0) / 256 - 1.0
+    flat = np.reshape(np.asarray(x, np.float64), (-1, x.shape[-1]))
+    return tuple(float(v) for v in flat.mean(0)), tuple(float(v) for v in flat.std(0))

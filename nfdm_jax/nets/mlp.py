@@ -85,13 +85,19 @@ class _TimeMLP(nn.Module):
 
 class PredictorMLP2D(_TimeMLP):
     """2-D reverse-process predictor: `(x [B, D], t [B], cond [B, D_c] | None, *, train=False)
-    -> [B, D] float32`. Attributes as in `MLP2D`."""
+    -> [B, D] float32`. Attributes as in `MLP2D`, and `zero_init_output` (zero last layer:
+    output exactly 0 at initialisation). Zero is the intended start of an ε-predictor; for
+    the `edm` predictor it is the linear posterior mean, a saddle from which the ring stays
+    at the Gaussian fit (issue #9, reports/fidelity), so models.py zeroes it for `eps` only."""
+
+    zero_init_output: bool = False
 
     @nn.compact
     def __call__(
         self, x: jax.Array, t: jax.Array, cond: jax.Array | None = None, *, train: bool = False
     ) -> jax.Array:
-        return self._mlp(x.shape[-1])(x, t, cond, train=train)
+        return self._mlp(x.shape[-1], zero_init_output=self.zero_init_output)(
+            x, t, cond, train=train)
 
 
 class ForwardMLP2D(_TimeMLP):

@@ -25,7 +25,11 @@ def learning_rate(o: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
 
 
 def make_optimizer(o: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """Clip the global norm over all parameters, then AdamW per group at ``lr · lr_scale[group]``.
+    """Clip gradients, then AdamW per group at ``lr · lr_scale[group]``.
+
+    ``o.clip = "global"`` clips the norm over *all* parameters to ``o.clip_norm`` (one
+    group's large gradient, e.g. the forward network's, then shrinks every group's step);
+    ``"per_group"`` clips each group's norm separately.
 
     Params must be a dict keyed by :data:`GROUPS` (as :meth:`Model.init` returns).
     """
@@ -35,6 +39,12 @@ def make_optimizer(o: ml_collections.ConfigDict, num_steps: int) -> optax.Gradie
         return optax.adamw(lambda step: scale * schedule(step), o.b1, o.b2, o.eps,
                            weight_decay=o.weight_decay)
 
-    per_group = optax.multi_transform({g: adamw(o.lr_scale[g]) for g in GROUPS},
-                                      {g: g for g in GROUPS})
+    labels = {g: g for g in GROUPS}
+    if o.clip == "per_group":
+        return optax.multi_transform(
+            {g: optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw(o.lr_scale[g]))
+             for g in GROUPS}, labels)
+    if o.clip != "global":
+        raise ValueError(f"config.optim.clip={o.clip!r}; choose 'global' or 'per_group'")
+    per_group = optax.multi_transform({g: adamw(o.lr_scale[g]) for g in GROUPS}, labels)
     return optax.chain(optax.clip_by_global_norm(o.clip_norm), per_group)

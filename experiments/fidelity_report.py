@@ -1,0 +1,495 @@
+"""NFDM against the fixed-process baselines at equal budget (issue #9): one command.
+
+Run::
+
+    python -m experiments.fidelity_report --out=reports/fidelity \\
+        [--sections=likelihood,nfe,ablation,digits] [--steps=3000] [--seeds=3] [--quick]
+
+Writes ``results.json`` (after every section, so a partial run keeps what it measured),
+``results.md`` and figures into ``--out``.
+
+Methods.
+
+*2-D likelihood* (section ``likelihood``). The ring (``eight_gaussians``) and the correlated
+pair of ``report_lib.DENSITIES``; every model is its shipped config (``toy2d.py`` and its
+variants ``vdm``, ``vdm_learned``, ``frozen``, ``flow_matching``) with the budget below
+(MLPs 128 wide, batch 512, Adam 3e-3 decayed linearly to 0, EMA 0.999 evaluated,
+global-norm clipping 1.0) and ``model.data_mean`` / ``data_std`` measured on the training
+pool. ``--seeds`` seeds train together in one jit (``jax.vmap`` over the seed). Held-out
+NELBO (K t-samples per point, ``report_lib.nelbo_per_example``) and exact-trace ODE NLL
+(``report_lib.ode_nll``), both minus the true entropy H (Monte Carlo on the same points),
+mean ± s.e. over seeds (each seed's value is itself a mean over points); the one-sample
+NELBO estimator's standard deviation (K = 1, over points, t and ε); and the per-t profile
+of L_diff's integrand (nats per unit t, on a t-grid) of the seed-0 models on the ring.
+
+*Sample quality vs NFE* (section ``nfe``). NFDM-OT (``toy2d_ot.py``, λ = 0.01, edm
+predictor) against the VP probability-flow ODE, flow matching and NFDM's ODE (from the
+first section's ring models): Euler with 1, 2, 4, 8 steps from the same prior draws,
+squared energy distance and sliced Wasserstein-2 to held-out ring samples, mean ± s.e.
+over seeds; straightness S / E‖z1 − z0‖² of the seed-0 models.
+
+*Ablation* (section ``ablation``): NFDM on the ring, one change at a time from the
+default: the paper's predictor, the forward network's time features at scale 1000, and
+per-group gradient clipping.
+
+*Digits* (section ``digits``): ``experiments/digits.py`` and its ``frozen``, ``vdm``
+variants through ``experiments.run``'s train loop (``nfdm_jax.train.loop``), test BPD of
+the EMA parameters with K = 16 t-samples per test image and its standard error
+(``loop.run_eval``), at the step counts given by ``--digits_steps``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from experiments import digits, report_lib as lib, toy2d, toy2d_ot
+from nfdm_jax import losses, sampling
+from nfdm_jax.metrics.sample_distances import sliced_wasserstein
+from nfdm_jax.models import Model, Params
+from nfdm_jax.train import optimizer as optim
+from nfdm_jax.train import step as train_step
+
+POOL_SIZE = 2 ** 18
+LABELS = {"vp": "VP (vdm)", "vdm_learned": "VDM, learned γ", "nfdm": "NFDM",
+          "nfdm_frozen": "NFDM :frozen", "flow_matching": "flow matching", "nfdm_ot": "NFDM-OT"}
+# model -> (config module, variant, extra edits)
+MODELS_2D: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "vp": (toy2d, "vdm", {}),
+    "vdm_learned": (toy2d, "vdm_learned", {}),
+    "nfdm": (toy2d, "", {}),
+    "nfdm_frozen": (toy2d, "frozen", {}),
+    "flow_matching": (toy2d, "flow_matching", {}),
+}
+ABLATIONS: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "nfdm, paper's predictor": (toy2d, "", {"model.parameterization": "preconditioned"}),
+    "nfdm, forward time scale 1000": (toy2d, "", {"net.forward_time_scale": 1000.0}),
+    "nfdm, per-group clipping": (toy2d, "", {"optim.clip": "per_group"}),
+    "vp, edm predictor": (toy2d, "vdm", {"model.parameterization": "edm"}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    steps: int = 3000
+    chunk: int = 500
+    batch_size: int = 512
+    hidden: int = 128
+    lr: float = 3e-3
+    curvature_weight: float = 0.01
+    seeds: int = 3
+    num_eval: int = 4096
+    num_t_samples: int = 32
+    num_ode: int = 1024
+    num_samples: int = 4096
+    nfes: tuple[int, ...] = (1, 2, 4, 8)
+    profile_ts: int = 24
+    digits_steps: tuple[int, ...] = (300, 600)
+    digits_seeds: int = 1
+    digits_eval_t_samples: int = 16
+    digits_variants: tuple[str, ...] = ("", "frozen", "vdm")
+
+
+QUICK = Settings(steps=100, chunk=50, seeds=2, num_eval=512, num_t_samples=4, num_ode=64,
+                 num_samples=512, profile_ts=6, digits_steps=(4,), digits_seeds=1)
+
+
+# --------------------------------------------------------------------------- training
+
+def make_config(module: Any, variant: str, edits: dict[str, Any], s: Settings,
+                pool: np.ndarray) -> ml_collections.ConfigDict:
+    c = module.get_config(variant)
+    c.unlock()
+    c.net.hidden = s.hidden
+    c.train.batch_size, c.train.num_steps = s.batch_size, s.steps
+    c.optim.lr, c.optim.schedule, c.optim.end_lr = s.lr, "polynomial", 0.0
+    if c.model.name == "nfdm_ot":
+        c.model.curvature_weight = s.curvature_weight
+    # The edm predictor's statistics, measured on this training pool.
+    c.model.data_mean = tuple(float(v) for v in pool.mean(0))
+    c.model.data_std = tuple(float(v) for v in pool.std(0))
+    for k, v in edits.items():
+        group, field = k.split(".")
+        c[group][field] = v
+    c.lock()
+    return c
+
+
+class Trained:
+    """``seeds`` models trained together (vmap over the seed); params have a leading seed axis."""
+
+    def __init__(self, config: ml_collections.ConfigDict, pool: np.ndarray, s: Settings,
+                 key: jax.Array):
+        self.config, self.model = config, Model(config, (2,))
+        start = time.perf_counter()
+        self.params, self.losses = fit_seeds(self.model, config, pool, s, key)
+        self.seconds = time.perf_counter() - start
+
+    def seed(self, i: int) -> Params:
+        return jax.tree.map(lambda p: p[i], self.params)
+
+
+def fit_seeds(model: Model, config: ml_collections.ConfigDict, pool: np.ndarray, s: Settings,
+              key: jax.Array) -> tuple[Params, np.ndarray]:
+    """Trains ``s.seeds`` seeds in one jitted, vmapped ``lax.scan`` per chunk; returns the EMA
+    parameters ``[S, ...]`` and the per-chunk mean losses ``[S, chunks]``."""
+    sample = lib.pool_sampler({"x": pool}, s.batch_size)
+    optimizer = optim.make_optimizer(config.optim, s.steps)
+    schedule = optim.learning_rate(config.optim, s.steps)
+    keys = jax.random.split(key, s.seeds)
+
+    def init(k: jax.Array) -> Any:
+        k_init, _, k_data = jax.random.split(k, 3)
+        return train_step.init_state(model, optimizer, k_init, sample(k_data))
+
+    def chunk(state: Any, k: jax.Array, i: jax.Array) -> tuple[Any, jax.Array]:
+        _, k_train, k_data = jax.random.split(k, 3)
+        step = train_step.make_train_step(model, optimizer, schedule, k_train,
+                                          config.optim.ema_decay)
+        batches = jax.vmap(sample)(jax.random.split(jax.random.fold_in(k_data, i), s.chunk))
+        state, metrics = step(state, batches)
+        return state, metrics["loss"]
+
+    state = jax.jit(jax.vmap(init))(keys)
+    run = jax.jit(jax.vmap(chunk, in_axes=(0, 0, None)))
+    out = []
+    for i in range(max(1, s.steps // s.chunk)):
+        state, loss = run(state, keys, jnp.asarray(i))
+        out.append(loss)
+    return state.ema_params, np.asarray(jax.device_get(jnp.stack(out, axis=1)))
+
+
+# --------------------------------------------------------------------------- measurements
+
+def seed_stats(values: list[float]) -> dict[str, Any]:
+    v = np.asarray(values, np.float64)
+    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
+    return {"mean": float(v.mean()), "se": se, "per_seed": [float(x) for x in v]}
+
+
+def diff_profile(model: Model, params: Params, x: np.ndarray, key: jax.Array,
+                 ts: np.ndarray) -> np.ndarray:
+    """L_diff's integrand E_{x, ε} ‖f^B − f̂‖² / (2g²) at each fixed t of ``ts`` (nats)."""
+    x = jnp.asarray(x)
+
+    @jax.jit
+    def at(t: jax.Array, k: jax.Array) -> jax.Array:
+        tt = jnp.full((x.shape[0],), t)
+        eps = jax.random.normal(k, x.shape)
+        return jnp.mean(losses.diffusion_loss(model.forward_fn(params), model.predictor_fn(params),
+                                              model.volatility_fn(params), x, tt, eps))
+
+    return np.asarray([float(at(jnp.asarray(t), jax.random.fold_in(key, i)))
+                       for i, t in enumerate(ts)])
+
+
+def sigma_profile(model: Model, params: Params, x: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Mean σ(t) of the forward process over ``x``."""
+    fwd = model.forward_fn(params)
+    f = jax.jit(lambda t: jnp.mean(jnp.exp(fwd(jnp.asarray(x), jnp.full((x.shape[0],), t))[1])))
+    return np.asarray([float(f(jnp.asarray(t))) for t in ts])
+
+
+def likelihood_section(s: Settings, key: jax.Array, models: dict[str, tuple[Any, str, dict]],
+                       densities: tuple[str, ...], profiles: bool
+                       ) -> tuple[dict[str, Any], dict[str, dict[str, Trained]]]:
+    out: dict[str, Any] = {}
+    trained_all: dict[str, dict[str, Trained]] = {}
+    for d, density in enumerate(densities):
+        pool = lib.sample_density(density, np.random.default_rng(100 + d), POOL_SIZE)
+        x = lib.sample_density(density, np.random.default_rng(200 + d), s.num_eval)
+        entropy = lib.mean_se(-lib.DENSITIES[density].log_prob(x))
+        entropy_ode = lib.mean_se(-lib.DENSITIES[density].log_prob(x[:s.num_ode]))
+        res: dict[str, Any] = {"true_entropy": entropy._asdict(),
+                               "true_entropy_ode_points": entropy_ode._asdict(), "models": {}}
+        trained_all[density] = {}
+        for m, (name, (module, variant, edits)) in enumerate(models.items()):
+            cfg = make_config(module, variant, edits, s, pool)
+            t = Trained(cfg, pool, s, jax.random.fold_in(key, 1000 * d + m))
+            trained_all[density][name] = t
+            nelbo, ode, est_std, terms = [], [], [], {"diff": [], "rec": [], "prior": []}
+            for i in range(s.seeds):
+                k = jax.random.fold_in(key, 7 + i)
+                per = lib.nelbo_per_example(t.model, t.seed(i), x, k, s.num_t_samples)
+                nelbo.append(float(np.mean(per["total"])) - entropy.mean)
+                for name_t in terms:
+                    terms[name_t].append(float(np.mean(per[name_t])))
+                one = lib.nelbo_per_example(t.model, t.seed(i), x, jax.random.fold_in(k, 1), 1)
+                est_std.append(float(np.std(one["total"])))
+                nll = lib.ode_nll(t.model.ode_drift_fn(t.seed(i)), x[:s.num_ode])
+                ode.append(float(np.mean(nll)) - entropy_ode.mean)
+            res["models"][name] = {
+                "nelbo_minus_h": seed_stats(nelbo), "ode_nll_minus_h": seed_stats(ode),
+                "nelbo_estimator_std": float(np.mean(est_std)),
+                "terms": {k: float(np.mean(v)) for k, v in terms.items()},
+                "final_train_loss": seed_stats(list(t.losses[:, -1])),
+                "train_seconds": t.seconds}
+            r = res["models"][name]
+            print(f"  {density}/{name}: NELBO−H {r['nelbo_minus_h']['mean']:.3f} ± "
+                  f"{r['nelbo_minus_h']['se']:.3f}, ODE−H {r['ode_nll_minus_h']['mean']:.3f} ± "
+                  f"{r['ode_nll_minus_h']['se']:.3f} ({t.seconds:.0f} s)", flush=True)
+        if profiles and density == "eight_gaussians":
+            ts = (np.arange(s.profile_ts) + 0.5) / s.profile_ts
+            xp = x[:1024]
+            res["diff_profile"] = {"t": ts.tolist()}
+            res["sigma_profile"] = {"t": ts.tolist()}
+            for name in ("vp", "nfdm", "nfdm_frozen"):
+                if name in trained_all[density]:
+                    t = trained_all[density][name]
+                    res["diff_profile"][name] = diff_profile(
+                        t.model, t.seed(0), xp, jax.random.fold_in(key, 99), ts).tolist()
+                    res["sigma_profile"][name] = sigma_profile(t.model, t.seed(0), xp, ts).tolist()
+        out[density] = res
+    return out, trained_all
+
+
+def nfe_section(s: Settings, key: jax.Array, ring: dict[str, Trained]) -> dict[str, Any]:
+    pool = lib.sample_density("eight_gaussians", np.random.default_rng(100), POOL_SIZE)
+    ot = Trained(make_config(toy2d_ot, "", {}, s, pool), pool, s, jax.random.fold_in(key, 1))
+    models = {"nfdm_ot": ot, **{k: ring[k] for k in ("vp", "flow_matching", "nfdm") if k in ring}}
+    truth = lib.sample_density("eight_gaussians", np.random.default_rng(300), s.num_samples)
+    z1 = sampling.sample_prior(jax.random.fold_in(key, 2), (s.num_samples, 2))
+    floor = lib.energy_noise_floor(lambda r, n: lib.sample_density("eight_gaussians", r, n),
+                                   s.num_samples, 3, 301)
+    sw = jax.jit(lambda k, a, b: sliced_wasserstein(k, a, b))
+    out: dict[str, Any] = {"noise_floor_energy": floor._asdict(), "train_seconds_nfdm_ot": ot.seconds,
+                           "energy": {}, "sliced_w": {}, "straightness": {}}
+    for name, t in models.items():
+        out["energy"][name], out["sliced_w"][name] = {}, {}
+        for nfe in s.nfes:
+            e, w = [], []
+            for i in range(s.seeds):
+                samples = lib.euler_samples(t.model.ode_drift_fn(t.seed(i)), z1, nfe)
+                e.append(lib.energy(samples, truth))
+                w.append(float(sw(jax.random.key(5), jnp.asarray(samples), jnp.asarray(truth))))
+            out["energy"][name][str(nfe)] = seed_stats(e)
+            out["sliced_w"][name][str(nfe)] = seed_stats(w)
+        out["straightness"][name] = lib.straightness(t.model.ode_drift_fn(t.seed(0)),
+                                                     z1[:1024])._asdict()
+        print(f"  nfe/{name}: " + ", ".join(f"{n}: {out['energy'][name][str(n)]['mean']:.4f}"
+                                            for n in s.nfes), flush=True)
+    return out
+
+
+def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
+    from nfdm_jax.train import loop
+
+    out: dict[str, Any] = {}
+    for steps in s.digits_steps:
+        for variant in s.digits_variants:
+            for seed in range(s.digits_seeds):
+                c = digits.get_config(variant)
+                c.unlock()
+                c.seed = seed
+                c.train.num_steps, c.train.eval_every = steps, 0
+                c.train.checkpoint_every = steps
+                c.train.eval_t_samples = s.digits_eval_t_samples
+                c.lock()
+                name = f"{variant or 'nfdm'}_steps{steps}_seed{seed}"
+                workdir = os.path.join(workroot, name)
+                start = time.perf_counter()
+                loop.train(c, workdir)
+                train_s = time.perf_counter() - start
+                m = loop.run_eval(c, workdir)
+                out[name] = {"variant": variant or "nfdm", "steps": steps, "seed": seed,
+                             "bpd": m["bpd"], "bpd_stderr": m["bpd_stderr"],
+                             "train_seconds": train_s, "eval_t_samples": s.digits_eval_t_samples,
+                             "command": ("python -m experiments.run --config=experiments/digits.py"
+                                         + (f":{variant}" if variant else "")
+                                         + f" --workdir=DIR --config.seed={seed}"
+                                         f" --config.train.num_steps={steps}"
+                                         " --config.train.eval_every=0"
+                                         f" --config.train.checkpoint_every={steps}"
+                                         f" --config.train.eval_t_samples={s.digits_eval_t_samples}"
+                                         " && python -m experiments.run ... --mode=eval")}
+                print(f"  digits/{name}: {m['bpd']:.3f} ± {m['bpd_stderr']:.3f} bits/dim "
+                      f"({train_s:.0f} s)", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+def _fmt(r: dict[str, Any]) -> str:
+    return f"{r['mean']:.3f} ± {r['se']:.3f}"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = ["# NFDM vs fixed processes at equal budget (issue #9)\n",
+             "Commands: " + "; ".join(f"`{c}`" for c in res["commands"])
+             + f". Settings (last command): `{json.dumps(res['settings'])}`.\n"]
+    if "likelihood" in res:
+        lines += ["## 2-D likelihood: held-out NELBO − H and ODE NLL − H (nats; mean ± s.e. "
+                  "over seeds)\n",
+                  "| density | model | NELBO − H | ODE NLL − H | 1-sample NELBO std | diff / rec / "
+                  "prior | train s |", "|---|---|---|---|---|---|---|"]
+        for density, r in res["likelihood"].items():
+            for name, m in r["models"].items():
+                t = m["terms"]
+                lines.append(f"| {density} | {LABELS.get(name, name)} | {_fmt(m['nelbo_minus_h'])} | "
+                             f"{_fmt(m['ode_nll_minus_h'])} | {m['nelbo_estimator_std']:.2f} | "
+                             f"{t['diff']:.3f} / {t['rec']:.3f} / {t['prior']:.4f} | "
+                             f"{m['train_seconds']:.0f} |")
+        ring = res["likelihood"].get("eight_gaussians", {})
+        if "diff_profile" in ring:
+            p = ring["diff_profile"]
+            names = [k for k in p if k != "t"]
+            lines += ["\n### Per-t profile of L_diff's integrand on the ring (seed 0; nats per "
+                      "unit t) and mean σ(t)\n",
+                      "| t | " + " | ".join(f"{LABELS[n]} L_diff" for n in names) + " | "
+                      + " | ".join(f"{LABELS[n]} σ" for n in names) + " |",
+                      "|---|" + "---|" * (2 * len(names))]
+            for i, t in enumerate(p["t"]):
+                lines.append(f"| {t:.3f} | " + " | ".join(f"{p[n][i]:.3f}" for n in names) + " | "
+                             + " | ".join(f"{ring['sigma_profile'][n][i]:.3f}" for n in names)
+                             + " |")
+    if "ablation" in res:
+        lines += ["\n## Ablation on the ring (one change at a time from the default)\n",
+                  "Ablation rows as recorded in results.json; the run in this report's commands "
+                  "used the zero-initialised 2-D `edm` predictor (see README.md), the default rows "
+                  "come from the likelihood section.\n",
+                  "| variant | NELBO − H | ODE NLL − H | train s |", "|---|---|---|---|"]
+        base = res.get("likelihood", {}).get("eight_gaussians", {}).get("models", {})
+        for name in ("nfdm", "vp"):
+            if name in base:
+                m = base[name]
+                lines.append(f"| {LABELS[name]} (default) | {_fmt(m['nelbo_minus_h'])} | "
+                             f"{_fmt(m['ode_nll_minus_h'])} | {m['train_seconds']:.0f} |")
+        for name, m in res["ablation"]["eight_gaussians"]["models"].items():
+            lines.append(f"| {name} | {_fmt(m['nelbo_minus_h'])} | {_fmt(m['ode_nll_minus_h'])} | "
+                         f"{m['train_seconds']:.0f} |")
+    if "nfe" in res:
+        q = res["nfe"]
+        nfes = list(next(iter(q["energy"].values())))
+        f = q["noise_floor_energy"]
+        lines += [f"\n## Ring samples vs NFE (Euler): energy distance / sliced W2 (mean ± s.e. "
+                  f"over seeds); noise floor {f['mean']:.4f} (std {f['se']:.4f})\n",
+                  "| model | " + " | ".join(f"NFE {n}" for n in nfes) + " | straightness S/E‖Δ‖² |",
+                  "|---|" + "---|" * (len(nfes) + 1)]
+        for name in q["energy"]:
+            cells = [f"{q['energy'][name][n]['mean']:.4f} ± {q['energy'][name][n]['se']:.4f} / "
+                     f"{q['sliced_w'][name][n]['mean']:.3f}" for n in nfes]
+            lines.append(f"| {LABELS[name]} | " + " | ".join(cells)
+                         + f" | {q['straightness'][name]['relative']:.4f} |")
+    if "digits" in res:
+        lines += ["\n## Digits: test BPD (K t-samples per test image; ± s.e. over images × t)\n",
+                  "| variant | steps | seed | test BPD | train s |", "|---|---|---|---|---|"]
+        for m in res["digits"].values():
+            lines.append(f"| {m['variant']} | {m['steps']} | {m['seed']} | {m['bpd']:.3f} ± "
+                         f"{m['bpd_stderr']:.3f} | {m['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figures(res: dict[str, Any], out: str) -> None:
+    ring = res.get("likelihood", {}).get("eight_gaussians", {})
+    if "diff_profile" in ring:
+        fig = Figure(figsize=(9, 3.5))
+        FigureCanvasAgg(fig)
+        ax1, ax2 = fig.subplots(1, 2)
+        for name, v in ring["diff_profile"].items():
+            if name != "t":
+                ax1.plot(ring["diff_profile"]["t"], v, marker="o", ms=3, label=LABELS[name])
+                ax2.plot(ring["sigma_profile"]["t"], ring["sigma_profile"][name], label=LABELS[name])
+        ax1.set(yscale="log", xlabel="t", ylabel="L_diff integrand (nats)", title="ring, seed 0")
+        ax2.set(xlabel="t", ylabel="mean σ(t)", yscale="log", title="forward σ(t)")
+        ax1.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "loss_vs_t.png"), dpi=80)
+    if "nfe" in res:
+        fig = Figure(figsize=(4.5, 3.5))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        for name, per in res["nfe"]["energy"].items():
+            n = [int(k) for k in per]
+            ax.errorbar(n, [per[k]["mean"] for k in per], [per[k]["se"] for k in per],
+                        marker="o", label=LABELS[name])
+        ax.set(xscale="log", yscale="log", xlabel="NFE (Euler)", ylabel="energy distance")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "energy_vs_nfe.png"), dpi=80)
+
+
+def save(res: dict[str, Any], out: str) -> None:
+    """Merges ``res`` into ``out/results.json`` (sections run by other invocations stay),
+    then rewrites the markdown and figures from the merged results."""
+    path = os.path.join(out, "results.json")
+    merged = json.load(open(path)) if os.path.exists(path) else {}
+    commands = merged.get("commands", [])
+    old_digits = merged.get("digits", {})
+    merged.update(res)
+    if "digits" in res:
+        merged["digits"] = {**old_digits, **res["digits"]}
+    merged["commands"] = sorted(set(commands + [res["command"]]))
+    res = merged
+    with open(path, "w") as f:
+        json.dump(res, f, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown(res))
+    figures(res, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="reports/fidelity")
+    parser.add_argument("--sections", default="likelihood,nfe,ablation,digits")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--digits_steps", default=None, help="comma-separated step counts")
+    parser.add_argument("--digits_workdir", default="/tmp/fidelity_digits")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the 2-D models")
+    parser.add_argument("--densities", default=None, help="comma-separated subset of densities")
+    args = parser.parse_args(argv)
+    s = QUICK if args.quick else Settings()
+    if args.steps is not None:
+        s = dataclasses.replace(s, steps=args.steps, chunk=min(s.chunk, args.steps))
+    if args.seeds is not None:
+        s = dataclasses.replace(s, seeds=args.seeds)
+    if args.digits_steps:
+        s = dataclasses.replace(s, digits_steps=tuple(int(v) for v in args.digits_steps.split(",")))
+    os.makedirs(args.out, exist_ok=True)
+    res: dict[str, Any] = {"settings": dataclasses.asdict(s)}
+    res["command"] = "python -m experiments.fidelity_report " + " ".join(argv or [])
+    key = jax.random.key(0)
+    sections = args.sections.split(",")
+    start = time.perf_counter()
+    ring: dict[str, Trained] = {}
+    if "likelihood" in sections:
+        models = ({k: MODELS_2D[k] for k in args.models.split(",")} if args.models
+                  else MODELS_2D)
+        densities = tuple(args.densities.split(",")) if args.densities else tuple(lib.DENSITIES)
+        res["likelihood"], trained = likelihood_section(s, key, models, densities,
+                                                        profiles=True)
+        ring = trained.get("eight_gaussians", {})
+        save(res, args.out)
+    if "nfe" in sections:
+        if not ring:
+            _, trained = likelihood_section(s, key, {k: MODELS_2D[k] for k in
+                                                     ("vp", "nfdm", "flow_matching")},
+                                            ("eight_gaussians",), profiles=False)
+            ring = trained["eight_gaussians"]
+        res["nfe"] = nfe_section(s, jax.random.fold_in(key, 5), ring)
+        save(res, args.out)
+    if "ablation" in sections:
+        res["ablation"], _ = likelihood_section(s, jax.random.fold_in(key, 6), ABLATIONS,
+                                                ("eight_gaussians",), profiles=False)
+        save(res, args.out)
+    if "digits" in sections:
+        res["digits"] = digits_section(s, args.digits_workdir)
+        save(res, args.out)
+    print(f"[{time.perf_counter() - start:.0f} s] wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])

@@ -49,16 +49,6 @@ from nfdm_jax.models import Model
 from nfdm_jax.train import sharding, step as steps
 from nfdm_jax.train.optimizer import learning_rate, make_optimizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-_MEASURE = flags.DEFINE_enum("measure", "time", ["flops", "memory", "time"],
-                             "flops: lowering only; memory: + compile; time: + run.")
-_COMPARE_VDM = flags.DEFINE_bool("compare_vdm", True, "Also benchmark the config's :vdm.")
-_MIN_TIME = flags.DEFINE_float("min_time", 10.0, "Seconds of timed dispatches per model.")
-_MIN_STEPS = flags.DEFINE_integer("min_steps", 10, "At least this many timed dispatches.")
-_PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU "
-                           "(e.g. 989 for an H100/H200 in bf16); default: a measured matmul.")
-_JSON = flags.DEFINE_string("json", None, "Append the JSON lines to this file.")
-flags.mark_flag_as_required("config")
 
 GIB = 2 ** 30
 
@@ -223,6 +213,22 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _define_flags() -> None:
+    """The CLI's flags, defined only when run as a script: importing this module (the tests
+    do, next to experiments.run, which owns --config too) must not define absl flags."""
+    global _CONFIG, _MEASURE, _COMPARE_VDM, _MIN_TIME, _MIN_STEPS, _PEAK, _JSON
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+    _MEASURE = flags.DEFINE_enum("measure", "time", ["flops", "memory", "time"],
+                                 "flops: lowering only; memory: + compile; time: + run.")
+    _COMPARE_VDM = flags.DEFINE_bool("compare_vdm", True, "Also benchmark the config's :vdm.")
+    _MIN_TIME = flags.DEFINE_float("min_time", 10.0, "Seconds of timed dispatches per model.")
+    _MIN_STEPS = flags.DEFINE_integer("min_steps", 10, "At least this many timed dispatches.")
+    _PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU "
+                               "(e.g. 989 for an H100/H200 in bf16); default: a measured matmul.")
+    _JSON = flags.DEFINE_string("json", None, "Append the JSON lines to this file.")
+    flags.mark_flag_as_required("config")
+
+
 def main(_) -> None:
     # Cold compiles: a cached executable would make compile_s meaningless.
     jax.config.update("jax_enable_compilation_cache", False)
@@ -252,4 +258,5 @@ def main(_) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -184,6 +184,7 @@ def test_bad_input_is_one_line_before_compiling(name, overrides, mode, kind, exp
     assert snapshot(workdir) == before  # and before anything was written
 
 
+@pytest.mark.slow  # subprocesses (absl parses flags at process start)
 def test_flag_errors_are_one_line(tmp_path):
     """What absl parses (config file, override keys) is checked in a subprocess each."""
     cases = {  # flags -> text the error must contain

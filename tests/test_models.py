@@ -133,13 +133,13 @@ def test_nfdm_starts_at_the_linear_posterior_mean_and_frozen_is_the_untrained_pr
     {"model.name": "vdm", "model.gamma": "cosine"},
     {"model.name": "vdm_learned"},
 ], ids=["linear", "cosine", "learned"])
-def test_vp_nelbo_with_exact_predictor_is_the_closed_form_nll(edits, x64):
-    """Gaussian data x ~ N(m, S) (tests/gaussian_oracle.py's m, S): VP models with the
+def test_vp_nelbo_with_exact_predictor_is_the_closed_form_nll(edits, x64, oracle):
+    """Gaussian data x ~ N(m, S) (the ``oracle`` fixture's m, S): VP models with the
     config's γ_min = −13.3 and δ = 0.01. The decoder is the schedule's own, so with the
     exact posterior-mean predictor and vp_matching g the NELBO equals
     −log N(x; m, S + 2 σ_0²/α_0² I) up to KL(q(z_1) ‖ N(0, I)) ≈ 1e-3 (a δ-width decoder
     would add ≈ D (log(δ/σ_0) − ½) ≈ 4.6 nats)."""
-    from gaussian_oracle import DIM, EIGS, MEAN, Q
+    DIM, EIGS, MEAN, Q = oracle.dim, oracle.eigs, oracle.mean, oracle.q
 
     model = Model(config_for({**edits, "model.volatility": "vp_matching",
                               "model.parameterization": "eps",

@@ -7,11 +7,14 @@ Launch (CPU is enough)::
 1797 images with 17 grey levels mapped to round(v · 255 / 16); 1500 train, 297 test.
 A small U-Net directly on 8×8×1 (the ``digits`` preset: one level, 32 channels, forward
 net 16), discrete likelihood, δ = 1e-3 (see cifar10.py for why not 0.01). Sized for 2 CPU
-cores: 600 steps at batch 32, 10 per dispatch, in ~3 min on an idle machine compile
-included (measured: 176 s of CPU time for the whole run, train and eval compiles included;
-the wall time on the shared VM was 21 min at a load average of 15). On CPU the U-Net's
-convolutions run as matmuls (``net.conv = "auto"``): XLA's CPU convolutions spent 90 % of
-the step in 341 small convolutions (0.44 → 3.5 steps/s on the same loaded VM).
+cores: 2000 steps at batch 32, 10 per dispatch, the test bound at steps 1000 and 2000.
+Measured on an idle 2-core machine: 3 min 49 s wall in all (28 s compiling the train step,
+10.2 steps/s), test BPD 4.98 ± 0.18 at step 1000 and 4.63 ± 0.16 at step 2000 (K = 1
+t-sample per test image; ± the standard error over images); with
+``--config.train.num_steps=600 --config.train.eval_every=300``: 1 min 54 s, 5.95 at step 300,
+5.40 ± 0.19 at step 600. On CPU the U-Net's convolutions run as matmuls
+(``net.conv = "auto"``): XLA's CPU convolutions spent 90 % of the step in 341 small
+convolutions (0.44 → 3.5 steps/s on a loaded VM).
 Compute stays float32 (``net.dtype``): ``--config.net.dtype=bfloat16`` reached the same
 test BPD (5.79 vs 5.74 at step 600, 6.35 vs 6.45 at step 300: within run-to-run noise) but
 took 23 % more CPU time (217 vs 176 s), as CPUs lack fast bf16 matmuls. Since bf16 did not
@@ -27,9 +30,9 @@ bits/dim). Test BPD of this config at several step counts, and of ``:frozen`` an
 ``reports/fidelity/results.md`` (``python -m experiments.fidelity_report --sections=digits``).
 Earlier measurements (before issue #9; K = 1): the previous Wiener predictor 6.84 at 600 steps
 and 5.16 at 2000; ``:vdm`` 5.7 at 600 (with a δ-width decoder, not its schedule's).
-Expected: test BPD below the uniform 8-bit model's 8.0 within 300 steps (measured 6.92 at
-300 steps, K = 16; ``:frozen`` 6.64, ``:vdm`` 6.37), still falling; not yet the 4.09 of a
-uniform model over the 17 grey levels.
+Those digits numbers were measured on the earlier ``tiny``-preset U-Net (16 channels).
+Expected: test BPD ≈ 4.6 at step 2000 (the uniform 8-bit model: 8.0), still falling; not yet
+the 4.09 of a uniform model over the 17 grey levels.
 """
 from experiments import common
 from nfdm_jax import data
@@ -44,8 +47,8 @@ def get_config(arg: str = "") -> common.ConfigDict:
     c.model.data_mean, c.model.data_std = data.channel_stats(c.data, c.seed)
     c.optim.lr, c.optim.schedule, c.optim.warmup_steps = 2e-3, "polynomial", 20
     c.optim.ema_decay = 0.99
-    c.train.batch_size, c.train.num_steps, c.train.steps_per_dispatch = 32, 600, 10
-    c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 50, 300, 100
+    c.train.batch_size, c.train.num_steps, c.train.steps_per_dispatch = 32, 2000, 10
+    c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 50, 1000, 100
     c.train.eval_batch_size = 100  # 297 test images: 3 padded batches
     c.train.eval_t_samples = 1
     return common.apply_variants(c, arg, common.model_variants())

@@ -33,6 +33,9 @@ def base_config() -> ConfigDict:
     # experiment configs measure them from the training split (nfdm_jax.data.channel_stats).
     m.data_mean = config_dict.placeholder(tuple)
     m.data_std = config_dict.placeholder(tuple)
+    # Fourier features of the predictor's input (edm/eps, images): sin/cos(2ⁿ π ·) for n in
+    # this tuple; 4 resolves 17 grey levels, 7 and 8 resolve 8-bit ones (drifts.fourier_features).
+    m.fourier_exponents = ()
     m.gamma = "linear"             # VP schedule: linear | cosine (vdm_learned learns its own)
     m.gamma_min = -13.3
     m.gamma_max = 5.0

@@ -45,6 +45,8 @@ def get_config(arg: str = "") -> common.ConfigDict:
     c.data.name = "digits"
     # The training split's per-channel mean and std, for the edm predictor.
     c.model.data_mean, c.model.data_std = data.channel_stats(c.data, c.seed)
+    # 17 grey levels 2/16 apart in [−1, 1]: features at that period and its harmonics.
+    c.model.fourier_exponents = (4, 5, 6, 7)
     c.optim.lr, c.optim.schedule, c.optim.warmup_steps = 2e-3, "polynomial", 20
     c.optim.ema_decay = 0.99
     c.train.batch_size, c.train.num_steps, c.train.steps_per_dispatch = 32, 2000, 10

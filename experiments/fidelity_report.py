@@ -95,14 +95,14 @@ class Settings:
     num_samples: int = 4096
     nfes: tuple[int, ...] = (1, 2, 4, 8)
     profile_ts: int = 24
-    digits_steps: tuple[int, ...] = (300, 600)
-    digits_seeds: int = 1
+    digits_steps: tuple[int, ...] = (2000,)
+    digits_seeds: int = 2
     digits_eval_t_samples: int = 16
-    digits_variants: tuple[str, ...] = ("", "frozen", "vdm")
+    digits_variants: tuple[str, ...] = ("", "frozen", "vdm", "vdm_learned", "flow_matching")
 
 
 QUICK = Settings(steps=100, chunk=50, seeds=2, num_eval=512, num_t_samples=4, num_ode=64,
-                 num_samples=512, profile_ts=6, digits_steps=(4,), digits_seeds=1)
+                 num_samples=512, profile_ts=6, digits_steps=(10,), digits_seeds=1)
 
 
 # --------------------------------------------------------------------------- training
@@ -282,10 +282,37 @@ def nfe_section(s: Settings, key: jax.Array, ring: dict[str, Trained]) -> dict[s
     return out
 
 
+def digits_profile(config: ml_collections.ConfigDict, workdir: str, ts: np.ndarray,
+                   num_eps: int = 4) -> list[float]:
+    """Mean L_diff integrand (nats per test image per unit t) of the latest checkpoint's EMA
+    parameters at each t of ``ts``, averaged over the test split and ``num_eps`` draws of ε."""
+    from nfdm_jax import losses
+    from nfdm_jax.train import loop
+
+    def profile(exp: Any, params: Any, step: int) -> list[float]:
+        model = exp.model
+        source = exp.data.eval["x"]
+        x = model.preprocess(jnp.asarray(source.take(np.arange(len(source)))["x"]),
+                             jax.random.key(0))
+
+        @jax.jit
+        def at(t: jax.Array, key: jax.Array) -> jax.Array:
+            eps = jax.random.normal(key, x.shape)
+            tt = jnp.full((x.shape[0],), t)
+            return jnp.mean(losses.diffusion_loss(model.forward_fn(params),
+                                                  model.predictor_fn(params),
+                                                  model.volatility_fn(params), x, tt, eps))
+
+        return [float(np.mean([at(t, jax.random.key(i)) for i in range(num_eps)])) for t in ts]
+
+    return loop.from_latest(config, workdir, "profile", profile)
+
+
 def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
     from nfdm_jax.train import loop
 
     out: dict[str, Any] = {}
+    ts = (np.arange(s.profile_ts) + 0.5) / s.profile_ts
     for steps in s.digits_steps:
         for variant in s.digits_variants:
             for seed in range(s.digits_seeds):
@@ -295,6 +322,7 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
                 c.train.num_steps, c.train.eval_every = steps, 0
                 c.train.checkpoint_every = steps
                 c.train.eval_t_samples = s.digits_eval_t_samples
+                c.sample.eval_nfe = ()  # test BPD only: no sample-quality pass
                 c.lock()
                 name = f"{variant or 'nfdm'}_steps{steps}_seed{seed}"
                 workdir = os.path.join(workroot, name)
@@ -305,6 +333,7 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
                 out[name] = {"variant": variant or "nfdm", "steps": steps, "seed": seed,
                              "bpd": m["bpd"], "bpd_stderr": m["bpd_stderr"],
                              "train_seconds": train_s, "eval_t_samples": s.digits_eval_t_samples,
+                             "load_avg": os.getloadavg()[0],
                              "command": ("python -m experiments.run --config=experiments/digits.py"
                                          + (f":{variant}" if variant else "")
                                          + f" --workdir=DIR --config.seed={seed}"
@@ -312,9 +341,27 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
                                          " --config.train.eval_every=0"
                                          f" --config.train.checkpoint_every={steps}"
                                          f" --config.train.eval_t_samples={s.digits_eval_t_samples}"
+                                         " --config.sample.eval_nfe='()'"
                                          " && python -m experiments.run ... --mode=eval")}
+                if seed == 0:
+                    out[name]["t"] = ts.tolist()
+                    out[name]["diff_profile"] = digits_profile(c, workdir, ts)
                 print(f"  digits/{name}: {m['bpd']:.3f} ± {m['bpd_stderr']:.3f} bits/dim "
                       f"({train_s:.0f} s)", flush=True)
+    return out
+
+
+def digits_summary(runs: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Runs grouped by (variant, steps): test BPD mean ± s.e. over seeds, seconds, runs."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in runs.values():
+        groups.setdefault((r["variant"], r["steps"]), []).append(r)
+    out = {}
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        v = np.array([r["bpd"] for r in rs])
+        se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+        out[key] = {"mean": float(v.mean()), "se": se, "runs": rs,
+                    "seconds": float(np.mean([r["train_seconds"] for r in rs]))}
     return out
 
 
@@ -382,11 +429,29 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {LABELS[name]} | " + " | ".join(cells)
                          + f" | {q['straightness'][name]['relative']:.4f} |")
     if "digits" in res:
-        lines += ["\n## Digits: test BPD (K t-samples per test image; ± s.e. over images × t)\n",
-                  "| variant | steps | seed | test BPD | train s |", "|---|---|---|---|---|"]
-        for m in res["digits"].values():
-            lines.append(f"| {m['variant']} | {m['steps']} | {m['seed']} | {m['bpd']:.3f} ± "
-                         f"{m['bpd_stderr']:.3f} | {m['train_seconds']:.0f} |")
+        lines += ["\n## Digits: test BPD (K t-samples per test image)\n",
+                  "Mean ± s.e. over seeds; per seed: test BPD ± s.e. over images × t. "
+                  "Train s: wall time of training (compile included) at the load average "
+                  "recorded in results.json.\n",
+                  "| variant | steps | test BPD (seeds) | per seed | train s |",
+                  "|---|---|---|---|---|"]
+        summary = digits_summary(res["digits"])
+        for (variant, steps), g in summary.items():
+            per_seed = "; ".join(f"{r['bpd']:.3f} ± {r['bpd_stderr']:.3f}" for r in
+                                 sorted(g["runs"], key=lambda r: r["seed"]))
+            lines.append(f"| {variant} | {steps} | {g['mean']:.3f} ± {g['se']:.3f} | "
+                         f"{per_seed} | {g['seconds']:.0f} |")
+        profiled = [r for r in res["digits"].values() if "diff_profile" in r]
+        if profiled:
+            steps = max(r["steps"] for r in profiled)
+            rows = [r for r in profiled if r["steps"] == steps]
+            lines += [f"\n### Per-t profile of L_diff's integrand on the digits test split "
+                      f"(seed 0, {steps} steps; nats per image per unit t)\n",
+                      "| t | " + " | ".join(r["variant"] for r in rows) + " |",
+                      "|---|" + "---|" * len(rows)]
+            for i, t in enumerate(rows[0]["t"]):
+                lines.append(f"| {t:.3f} | " + " | ".join(f"{r['diff_profile'][i]:.2f}"
+                                                          for r in rows) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -417,6 +482,20 @@ def figures(res: dict[str, Any], out: str) -> None:
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(out, "energy_vs_nfe.png"), dpi=80)
+    profiled = [r for r in res.get("digits", {}).values() if "diff_profile" in r]
+    if profiled:
+        steps = max(r["steps"] for r in profiled)
+        fig = Figure(figsize=(4.5, 3.5))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        for r in profiled:
+            if r["steps"] == steps:
+                ax.plot(r["t"], r["diff_profile"], marker="o", ms=3, label=r["variant"])
+        ax.set(yscale="log", xlabel="t", ylabel="L_diff integrand (nats / image)",
+               title=f"digits test split, seed 0, {steps} steps")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "digits_loss_vs_t.png"), dpi=80)
 
 
 def save(res: dict[str, Any], out: str) -> None:
@@ -446,6 +525,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--digits_steps", default=None, help="comma-separated step counts")
     parser.add_argument("--digits_workdir", default="/tmp/fidelity_digits")
+    parser.add_argument("--digits_seeds", type=int, default=None)
+    parser.add_argument("--digits_variants", default=None,
+                        help="comma-separated digits.py variants; 'nfdm' is the config itself")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default=None, help="comma-separated subset of the 2-D models")
     parser.add_argument("--densities", default=None, help="comma-separated subset of densities")
@@ -457,6 +539,11 @@ def main(argv: list[str] | None = None) -> None:
         s = dataclasses.replace(s, seeds=args.seeds)
     if args.digits_steps:
         s = dataclasses.replace(s, digits_steps=tuple(int(v) for v in args.digits_steps.split(",")))
+    if args.digits_seeds is not None:
+        s = dataclasses.replace(s, digits_seeds=args.digits_seeds)
+    if args.digits_variants:
+        s = dataclasses.replace(s, digits_variants=tuple(
+            "" if v == "nfdm" else v for v in args.digits_variants.split(",")))
     os.makedirs(args.out, exist_ok=True)
     res: dict[str, Any] = {"settings": dataclasses.asdict(s)}
     res["command"] = "python -m experiments.fidelity_report " + " ".join(argv or [])

@@ -5,7 +5,7 @@ All functions act on a batch: ``z`` and the fields of a :class:`Marginal` are
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -89,8 +89,31 @@ def edm_scalings(base: ForwardFn, z: Array, t: Array, data_mean: Array,
                        c_out=jnp.exp(log_s) * data_std * c_in, c_in=c_in, offset=b + a * data_mean)
 
 
+def fourier_features(x: Array, exponents: Sequence[int]) -> Array:
+    """sin and cos of 2ⁿ π x for each n in ``exponents`` (VDM's input features for fine
+    scales): ``[..., C] -> [..., 2 K C]``, K = ``len(exponents)``.
+
+    With x in [−1, 1], exponent n has period 2 / 2ⁿ: n = 4 is the spacing of 17 equally
+    spaced grey levels, n = 7 that of 256 (8-bit) ones. At that frequency every point of
+    the lattice has the same phase, so the features tell a network how far z lies from
+    it, which a plain network learns only slowly (spectral bias).
+    """
+    freqs = jnp.pi * 2.0 ** jnp.asarray(exponents, jnp.float32)
+    h = x[..., None] * jnp.reshape(freqs, (1,) * x.ndim + (-1,))
+    h = jnp.reshape(h, x.shape[:-1] + (-1,))
+    return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
+
+
+def _with_features(inputs: Array, at: Array, exponents: Sequence[int]) -> Array:
+    """``inputs`` with :func:`fourier_features` of ``at`` appended along channels."""
+    if not exponents:
+        return inputs
+    return jnp.concatenate([inputs, fourier_features(at, exponents)], axis=-1)
+
+
 def edm_preconditioned(net: Callable[[Array, Array], Array], base: ForwardFn,
-                       data_mean: Array, data_std: Array) -> Predictor:
+                       data_mean: Array, data_std: Array,
+                       fourier_exponents: Sequence[int] = ()) -> Predictor:
     """x̂(z, t) = m + c_skip (z − E z) + c_out net(c_in (z − E z), t) (EDM, Karras et al.).
 
     The scalings (:func:`edm_scalings`) come from the linear process ``base`` (for NFDM the
@@ -101,27 +124,39 @@ def edm_preconditioned(net: Callable[[Array, Array], Array], base: ForwardFn,
     data. The paper's :func:`preconditioned` starts at x̂ = (1 − t) z instead, whose error
     is weighted by up to ~10²–10⁶ in L_diff (issue #9). c_noise is t itself (the networks
     embed t). ``data_mean``, ``data_std``: ``[C]`` (or broadcastable to ``z``'s trailing axes).
+
+    ``fourier_exponents`` appends :func:`fourier_features` of the linear posterior mean
+    m + c_skip (z − E z) to the network's input (``[.., C] -> [.., C + 2 K C]``; the network
+    still returns C channels): at small noise that is z rescaled to data units, so the
+    features line up with the data's grey levels at every t, and at large noise it tends
+    to m, so they stay bounded and smooth.
     """
     mean, std = jnp.asarray(data_mean, jnp.float32), jnp.asarray(data_std, jnp.float32)
 
     def predictor(z: Array, t: Array) -> Array:
         c = edm_scalings(base, z, t, mean, std)
         centred = z - c.offset
-        return jnp.broadcast_to(mean, z.shape) + c.c_skip * centred + c.c_out * net(c.c_in * centred, t)
+        linear = jnp.broadcast_to(mean, z.shape) + c.c_skip * centred
+        inputs = _with_features(c.c_in * centred, linear, fourier_exponents)
+        return linear + c.c_out * net(inputs, t)
 
     return predictor
 
 
-def eps_predictor(net: Callable[[Array, Array], Array], gamma: Schedule) -> Predictor:
+def eps_predictor(net: Callable[[Array, Array], Array], gamma: Schedule,
+                  fourier_exponents: Sequence[int] = ()) -> Predictor:
     """VDM's ε-parameterization for a VP process: x̂ = (z − σ_t ε̂(z, t)) / α_t.
 
     α_t and σ_t are those of :func:`forward.vp_forward` with schedule ``gamma``.
+    ``fourier_exponents``: :func:`fourier_features` of z appended to the network's input,
+    as in VDM (α_t ≈ 1 wherever the noise is small enough for them to matter).
     """
     vp = vp_forward(gamma)
 
     def predictor(z: Array, t: Array) -> Array:
         alpha, log_sigma = vp(jnp.ones_like(z), t)       # μ of x = 1 is α_t
-        return (z - jnp.exp(log_sigma) * net(z, t)) / alpha
+        eps_hat = net(_with_features(z, z, fourier_exponents), t)
+        return (z - jnp.exp(log_sigma) * eps_hat) / alpha
 
     return predictor
 

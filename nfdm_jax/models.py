@@ -165,7 +165,9 @@ class Model:
         t = jnp.full((x.shape[0],), 0.5, x.dtype)
         cond = self.condition(batch)
         params: Params = {"forward": {}, "predictor": {}, "volatility": {}, "gamma": {}}
-        params["predictor"] = self.predictor_net.init(kp, x, t, cond)["params"]
+        # The predictor's input carries 2 K features per channel (model.fourier_exponents).
+        z_in = jnp.zeros(x.shape[:-1] + (x.shape[-1] * (1 + 2 * len(self.m.fourier_exponents)),))
+        params["predictor"] = self.predictor_net.init(kp, z_in, t, cond)["params"]
         if self.spec.forward_net:
             params["forward"] = self.forward_net.init(kf, x, t, cond)["params"]
         if self.volatility_net is not None:
@@ -232,11 +234,12 @@ class Model:
         kind = self.m.parameterization
         if kind == "edm":
             base = self.spec.base_process(self, params, x1)
-            return drifts.edm_preconditioned(net, base, self.data_mean, self.data_std)
+            return drifts.edm_preconditioned(net, base, self.data_mean, self.data_std,
+                                             tuple(self.m.fourier_exponents))
         if kind == "preconditioned":
             return drifts.preconditioned(net, self.m.delta)
         if kind == "eps":
-            return drifts.eps_predictor(net, self.gamma_fn(params))
+            return drifts.eps_predictor(net, self.gamma_fn(params), tuple(self.m.fourier_exponents))
         return net
 
     def decoder_fn(self, params: Params) -> decoders.DecoderNLL:
@@ -357,6 +360,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.model.parameterization='edm' needs config.model.data_mean and "
                          "data_std (per channel); measure them with "
                          "nfdm_jax.data.channel_stats(config.data, config.seed)")
+    exponents = tuple(m.fourier_exponents)
+    if exponents and (m.parameterization not in ("edm", "eps")
+                      or not all(isinstance(n, int) for n in exponents)):
+        raise ValueError(f"config.model.fourier_exponents={exponents} needs integer exponents "
+                         "and config.model.parameterization 'edm' or 'eps' (the predictors "
+                         f"that take input features), not {m.parameterization!r}")
     if m.gamma not in ("linear", "cosine"):
         raise ValueError(f"config.model.gamma={m.gamma!r}; choose 'linear' or 'cosine'")
     if not 0.0 < m.delta < 1.0:
@@ -387,6 +396,9 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
     drift, and the predictors' usual 1000 amplifies it up to 1000× (issue #9).
     """
     n = config.net
+    if len(shape) == 1 and config.model.fourier_exponents:
+        raise ValueError("config.model.fourier_exponents is for images (grey levels on a "
+                         "lattice); leave it () for vector data")
     if len(shape) == 1:
         predictor, fwd = nets.make_2d_networks(n.hidden, n.depth, n.time_embed_dim)
         # Zero output is the intended start of an ε-network only (see PredictorMLP2D).
@@ -399,4 +411,6 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
                                      cond_channels=shape[-1] if bridge else 0, **overrides)
         predictor, fwd = nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv,
                                               n.forward_remat_elementwise)
+        # Input features (model.fourier_exponents) widen the input, not the output.
+        predictor = predictor.clone(out_channels=shape[-1])
     return predictor, fwd.clone(time_scale=n.forward_time_scale)

@@ -249,3 +249,59 @@ def test_eps_predictor_inverts_the_vp_marginal():
     z = mu + jnp.exp(log_sigma) * eps
     x_hat = drifts.eps_predictor(lambda zz, tt: eps, gamma)(z, t)
     np.testing.assert_allclose(x_hat, x, rtol=1e-4, atol=1e-4)
+
+
+def test_fourier_features_put_every_grey_level_at_one_phase():
+    """The digits' 17 levels round(v · 255 / 16) in bin-centre units lie (to a bin) on the
+    period 2 / 2⁴ of exponent 4, so sin/cos there are nearly constant over the lattice and
+    vary between its points; shapes [.., C] -> [.., 2 K C] (sin block, then cos block)."""
+    levels = np.round(np.arange(17) * 255 / 16)
+    x = jnp.asarray((2 * levels + 1) / 256 - 1, jnp.float32).reshape(17, 1)
+    f = drifts.fourier_features(x, (4, 5))
+    assert f.shape == (17, 4)
+    np.testing.assert_allclose(f[:, 0], jnp.sin(16 * jnp.pi * x[:, 0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f[:, 2], jnp.cos(16 * jnp.pi * x[:, 0]), rtol=1e-5, atol=1e-6)
+    # One bin off the lattice at most: phase within 2π / 16 of the first level's.
+    phase = np.angle(np.exp(1j * 16 * np.pi * np.asarray(x[:, 0])) * np.exp(-1j * 16 * np.pi * x[0, 0]))
+    assert np.max(np.abs(phase)) <= 2 * np.pi / 16 + 1e-6
+    halfway = x[:-1] + 1 / 16   # between levels: the opposite phase
+    assert float(jnp.max(drifts.fourier_features(halfway, (4,))[:, 1] - f[:-1, 2])) < -1.5
+
+
+@pytest.mark.parametrize("t_value", [0.0, 0.3, 0.97])
+def test_edm_features_are_of_the_linear_posterior_mean(t_value):
+    """With features the network sees [c_in (z − E z), sin, cos of 2ⁿ π x̂₀] where x̂₀ is
+    the zero-network x̂ (z in data units at small noise), and its output is still added as
+    c_out · NN: at NN ≡ 0 the predictor is unchanged."""
+    delta = 1e-3
+    mean, std = jnp.array([-0.4]), jnp.array([0.75])
+    base = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)), delta)
+    z = jax.random.normal(jax.random.PRNGKey(0), (6, 4, 4, 1))
+    t = jnp.full((6,), t_value)
+    seen = []
+
+    def zero_net(zin, tt):
+        seen.append(zin)
+        return jnp.zeros(zin.shape[:-1] + (1,))
+
+    plain = drifts.edm_preconditioned(zero_net, base, mean, std)(z, t)
+    with_ff = drifts.edm_preconditioned(zero_net, base, mean, std, (4, 6))(z, t)
+    np.testing.assert_allclose(with_ff, plain, rtol=1e-6)
+    assert seen[1].shape == (6, 4, 4, 5)
+    np.testing.assert_allclose(seen[1][..., :1], seen[0], rtol=1e-6)
+    np.testing.assert_allclose(seen[1][..., 1:], drifts.fourier_features(plain, (4, 6)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_eps_predictor_features_are_of_z():
+    gamma = schedules.linear_gamma()
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 2, 1))
+    seen = []
+
+    def net(zin, tt):
+        seen.append(zin)
+        return jnp.zeros(zin.shape[:-1] + (1,))
+
+    drifts.eps_predictor(net, gamma, (7,))(z, jnp.full((3,), 0.5))
+    np.testing.assert_allclose(seen[0], jnp.concatenate(
+        [z, jnp.sin(128 * jnp.pi * z), jnp.cos(128 * jnp.pi * z)], -1), rtol=1e-4, atol=1e-4)

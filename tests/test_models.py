@@ -172,3 +172,33 @@ def test_vp_nelbo_with_exact_predictor_is_the_closed_form_nll(edits, x64, oracle
     gap = total - nll
     se = float(jnp.std(gap)) / np.sqrt(n)
     assert -4 * se < float(jnp.mean(gap)) < 4 * se + 0.05, (float(jnp.mean(gap)), se)
+
+
+@pytest.mark.parametrize("variant", ["", "vdm"])
+def test_fourier_features_widen_the_predictor_input_only(variant):
+    """digits.py's features: the U-Net takes 1 + 2·4 input channels and returns 1."""
+    from experiments import digits
+
+    c = digits.get_config(",".join(v for v in (variant, "tiny") if v))
+    assert tuple(c.model.fourier_exponents) == (4, 5, 6, 7)
+    model = Model(c, (8, 8, 1))
+    batch = {"x": jnp.zeros((2, 8, 8, 1), jnp.uint8)}
+    # Shapes only (tracing, no compile): the features' maths is tested in test_forward.
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+    assert params["predictor"]["in_conv"]["kernel"].shape[-2] == 9
+    assert params["forward"] == {} or params["forward"]["in_conv"]["kernel"].shape[-2] == 1
+    z = jnp.zeros((2, 8, 8, 1))
+    x_hat = jax.eval_shape(lambda p: model.predictor_fn(p)(z, jnp.full((2,), 0.5)), params)
+    assert x_hat.shape == (2, 8, 8, 1)
+
+
+def test_fourier_features_need_a_predictor_that_takes_them():
+    from experiments import digits
+
+    c = digits.get_config("tiny")
+    c.unlock()
+    c.model.parameterization = "preconditioned"
+    with pytest.raises(ValueError, match="fourier_exponents.*'edm' or 'eps'"):
+        Model(c, (8, 8, 1))
+    with pytest.raises(ValueError, match="fourier_exponents is for images"):
+        Model(config_for({"model.fourier_exponents": (4,)}), (2,))

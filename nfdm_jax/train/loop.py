@@ -288,7 +288,7 @@ def _outputs(workdir: str, checkpoints: str, step: int, samples: bool) -> dict[s
     return out
 
 
-def _from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,
+def from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,
                  fn: Callable[[Experiment, Any, int], Any],
                  data: Optional[DatasetSpec] = None) -> Any:
     """``fn(experiment, ema_params, step)`` on the newest checkpoint in ``workdir`` that
@@ -324,11 +324,11 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str,
                            metrics, {"metrics": path}))
         return metrics
 
-    return _from_latest(config, workdir, "evaluate", run, data)
+    return from_latest(config, workdir, "evaluate", run, data)
 
 
 def run_sample(config: ml_collections.ConfigDict, workdir: str,
                data: Optional[DatasetSpec] = None) -> str:
     """Samples from the latest checkpoint's EMA parameters; returns the .npz path."""
-    return _from_latest(config, workdir, "sample from",
+    return from_latest(config, workdir, "sample from",
                         lambda exp, params, step: sample(exp, params, workdir, step), data)

@@ -212,13 +212,13 @@ class Model:
     def forward_fn(self, params: Params, x1: Optional[Array] = None, *, train: bool = False,
                    dropout_key: Optional[Array] = None) -> forward.ForwardFn:
         """``forward(x, t) -> (mu, log_sigma)``; for bridges closed over the source ``x1``."""
-        net = None
-        if self.spec.forward_net:
-            rngs = self._rngs(train, dropout_key, "forward")
+        if not self.spec.forward_net:
+            return self.spec.forward(self, params, x1, None)
+        rngs = self._rngs(train, dropout_key, "forward")
 
-            def net(x: Array, t: Array, cond: Optional[Array] = None) -> tuple[Array, Array]:
-                return self.forward_net.apply({"params": params["forward"]}, x, t, cond,
-                                              train=train, rngs=rngs)
+        def net(x: Array, t: Array, cond: Optional[Array] = None) -> tuple[Array, Array]:
+            return self.forward_net.apply({"params": params["forward"]}, x, t, cond,
+                                          train=train, rngs=rngs)
 
         return self.spec.forward(self, params, x1, net)
 

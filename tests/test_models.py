@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from experiments import toy2d
-from nfdm_jax import forward, volatility
 from nfdm_jax.models import MODELS, Model
 
 VARIANTS = {  # model -> config edits on the 2-D toy

@@ -8,31 +8,39 @@ Launch (CPU is enough)::
 A small U-Net directly on 8×8×1 (the ``digits`` preset: one level, 32 channels, forward
 net 16), discrete likelihood, δ = 1e-3 (see cifar10.py for why not 0.01). Sized for 2 CPU
 cores: 2000 steps at batch 32, 10 per dispatch, the test bound at steps 1000 and 2000.
-Measured on an idle 2-core machine: 3 min 49 s wall in all (28 s compiling the train step,
-10.2 steps/s), test BPD 4.98 ± 0.18 at step 1000 and 4.63 ± 0.16 at step 2000 (K = 1
-t-sample per test image; ± the standard error over images); with
-``--config.train.num_steps=600 --config.train.eval_every=300``: 1 min 54 s, 5.95 at step 300,
-5.40 ± 0.19 at step 600. On CPU the U-Net's convolutions run as matmuls
-(``net.conv = "auto"``): XLA's CPU convolutions spent 90 % of the step in 341 small
+
+The 17 levels sit 2/16 apart in [−1, 1], 16 of the 8-bit bins, so a model that does not
+know where they are pays up to log₂ 16 = 4 bits per pixel for it: without input features
+this config reached only 4.63 bits/dim at step 2000 (above the 4.09 of a uniform model over
+the 17 levels). ``model.fourier_exponents = (4, 5, 6, 7)`` gives the predictor sin/cos of
+2ⁿ π x̂₀ (x̂₀: the linear posterior mean, z in data units at small noise; VDM's Fourier
+features), at whose period 2/16 (n = 4) every level has the same phase: test BPD 1.97 at
+step 2000 (K = 1; 2.11 at step 1000). The per-t profile (reports/fidelity) shows the small-t
+loss, where the levels are resolved, down to ~3 nats per image per unit t.
+
+Measured on an idle 2-core machine: {TIMING}. On CPU the U-Net's convolutions run as
+matmuls (``net.conv = "auto"``): XLA's CPU convolutions spent 90 % of the step in 341 small
 convolutions (0.44 → 3.5 steps/s on a loaded VM).
 Compute stays float32 (``net.dtype``): ``--config.net.dtype=bfloat16`` reached the same
-test BPD (5.79 vs 5.74 at step 600, 6.35 vs 6.45 at step 300: within run-to-run noise) but
-took 23 % more CPU time (217 vs 176 s), as CPUs lack fast bf16 matmuls. Since bf16 did not
-cost likelihood here, the image configs may use it on GPUs/TPUs
+test BPD (5.79 vs 5.74 at step 600, 6.35 vs 6.45 at step 300, before the Fourier features:
+within run-to-run noise) but took 23 % more CPU time (217 vs 176 s), as CPUs lack fast bf16
+matmuls. Since bf16 did not cost likelihood here, the image configs may use it on GPUs/TPUs
 (``benchmarks/gpu_cifar10.sh`` measures its speed); their default stays float32.
 
 Meant for: a CPU. Predictor: ``edm`` (drifts.edm_preconditioned), the default of every neural
 model since issue #9, with the training split's mean and std (−0.39, 0.75 in bin-centre units)
 measured when the config is built; it starts at the linear posterior mean of the untrained
-process. The paper's predictor (``--config.model.parameterization=preconditioned``) starts at
-x̂ = (1 − t) z, whose error at small t is weighted by an SNR of ~1/δ² = 10⁶ (initial NELBO ~10⁴
-bits/dim). Test BPD of this config at several step counts, and of ``:frozen`` and ``:vdm``:
-``reports/fidelity/results.md`` (``python -m experiments.fidelity_report --sections=digits``).
-Earlier measurements (before issue #9; K = 1): the previous Wiener predictor 6.84 at 600 steps
-and 5.16 at 2000; ``:vdm`` 5.7 at 600 (with a δ-width decoder, not its schedule's).
-Those digits numbers were measured on the earlier ``tiny``-preset U-Net (16 channels).
-Expected: test BPD ≈ 4.6 at step 2000 (the uniform 8-bit model: 8.0), still falling; not yet
-the 4.09 of a uniform model over the 17 grey levels.
+process. The paper's predictor (``--config.model.parameterization=preconditioned``, which
+takes no input features: add ``--config.model.fourier_exponents='()'``) starts at
+x̂ = (1 − t) z, whose error at small t is weighted by an SNR of ~1/δ² = 10⁶.
+
+Against the baselines on the same U-Net and features (``reports/fidelity/results.md``,
+``python -m experiments.fidelity_report --sections=digits``; K = 16 t-samples per test
+image, 2 seeds, 2000 steps): NFDM 1.974 ± 0.005, ``:frozen`` 1.998 ± 0.017, ``:vdm``
+2.000 ± 0.023, ``:vdm_learned`` 1.999 ± 0.024 bits/dim; paired by seed NFDM is
+0.026 ± 0.018 below ``:vdm`` and 0.023 ± 0.011 below ``:frozen``. ``:flow_matching``
+(dequantized convention, not comparable) 5.2 ± 0.5.
+Expected: test BPD ≈ 2.0 at step 2000.
 """
 from experiments import common
 from nfdm_jax import data

@@ -441,6 +441,21 @@ def markdown(res: dict[str, Any]) -> str:
                                  sorted(g["runs"], key=lambda r: r["seed"]))
             lines.append(f"| {variant} | {steps} | {g['mean']:.3f} ± {g['se']:.3f} | "
                          f"{per_seed} | {g['seconds']:.0f} |")
+        lines += ["\nPaired by seed (same data order and test keys), NFDM at each step count "
+                  "minus each other variant at the same steps; negative: NFDM better.\n",
+                  "| steps | NFDM − variant | mean ± s.e. over seeds | per seed |",
+                  "|---|---|---|---|"]
+        for (variant, steps), g in summary.items():
+            ref = summary.get(("nfdm", steps))
+            if variant == "nfdm" or ref is None:
+                continue
+            ours = {r["seed"]: r["bpd"] for r in ref["runs"]}
+            d = np.array([ours[r["seed"]] - r["bpd"] for r in g["runs"] if r["seed"] in ours])
+            if len(d) == 0:
+                continue
+            se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+            lines.append(f"| {steps} | {variant} | {d.mean():+.3f} ± {se:.3f} | "
+                         + "; ".join(f"{v:+.3f}" for v in d) + " |")
         profiled = [r for r in res["digits"].values() if "diff_profile" in r]
         if profiled:
             steps = max(r["steps"] for r in profiled)

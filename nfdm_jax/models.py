@@ -398,5 +398,5 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
         preset = dataclasses.replace(nets.get_preset(n.preset), image_shape=tuple(shape),
                                      cond_channels=shape[-1] if bridge else 0, **overrides)
         predictor, fwd = nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv,
-                                              n.forward_remat_elementwise)
+                                            n.forward_remat)
     return predictor, fwd.clone(time_scale=n.forward_time_scale)

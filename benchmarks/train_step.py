@@ -41,12 +41,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nfdm_jax.data.registry import example_shape
 from nfdm_jax.models import Model
-from nfdm_jax.train import sharding, step as steps
+from nfdm_jax.train import runtime, sharding, step as steps
 from nfdm_jax.train.optimizer import learning_rate, make_optimizer
 
 
@@ -230,6 +230,7 @@ def _define_flags() -> None:
 
 
 def main(_) -> None:
+    logging.get_absl_handler().addFilter(runtime.quiet_backend_probe)
     # Cold compiles: a cached executable would make compile_s meaningless.
     jax.config.update("jax_enable_compilation_cache", False)
     config = _CONFIG.value

@@ -25,11 +25,34 @@ A bound carrying ~2.4 bits/dim of reconstruction cost could never reach the pape
 at δ = 1e-3 the term vanishes (VDM's γ_min = −13.3 likewise gives σ_0 ≈ 1.3e-3).
 
 Cost (``python -m benchmarks.train_step --config=experiments/cifar10.py
---config.train.batch_size=128 --config.net.conv=xla --measure=memory``, XLA's analyses on
-CPU, float32): 40.64 TFLOP per NFDM step, 2.018× VDM's 20.14 (the floor is 2: the half-width
-forward net twice under ``jax.jvp``); 90.1 GiB of temporaries against VDM's 28.1 (3.2×).
-``--config.net.forward_remat_elementwise=True`` gives 82.0 GiB at 2.020× the FLOPs; it is
-off by default (on GPUs the recomputed elementwise ops cost time, not FLOPs).
+--config.train.batch_size=128 --config.net.conv=xla --measure=memory
+--config.net.forward_remat=...``, XLA's analyses on CPU, float32): 40.64 TFLOP per NFDM step,
+2.018× VDM's 20.14 (the floor is 2: the half-width forward net twice under ``jax.jvp``), and
+compiled temporaries by what the forward net rematerialises; column B is the same command
+under ``XLA_FLAGS="--xla_disable_hlo_passes=cse
+--xla_cpu_enable_concurrency_optimized_scheduler=false"`` (VDM: 20.0 GiB instead of 28.1):
+
+    net.forward_remat   TFLOP   ×VDM    temp GiB   ×VDM    B: temp GiB   ×VDM
+    none                40.64   2.018   90.1       3.21       73.7       3.69
+    elementwise         40.68   2.020   82.0       2.92       61.8       3.09
+    blocks              44.62   2.216   84.0       2.99       66.2       3.31
+    outer               42.55   2.113   86.2       3.07       69.3       3.47
+
+No option reaches issue #10's 2.05× FLOPs with 2.5× temporaries, so the default stays
+"none"; "elementwise" is the cheap saving (−8 GiB at +0.1 % FLOPs; on GPUs the recomputed
+elementwise ops cost time, not FLOPs). Full remat does not pay on XLA:CPU: it drops the
+optimisation barriers of ``jax.checkpoint`` and CSE merges recomputation back into the
+forward pass (of the forward net's 1.99 recomputed TFLOP per call, 1.06 survive
+compilation), and its default scheduler orders for concurrency, not memory; B keeps the
+recomputation, yet "blocks" still ends above "elementwise". The budget is small anyway:
+2.05× allows +0.64 TFLOP, a sixth of recomputing every forward-net block in both calls
+(+3.98), while 2.5× needs a third (B: 44 %) of the forward net's temporaries gone. Level 0
+(32×32, 128 channels) is not where memory per FLOP peaks: it holds ~48 % of the blocks'
+FLOPs ("outer": +1.91 TFLOP) for ~40 % of their residuals, because under the jvp every
+norm, activation and FiLM output is kept as primal and tangent at every level, and the
+16×16 attention blocks' logits and softmax ([B, 4, 256, 256], primal and tangent) are twice
+the size of a level-0 activation.
+
 Compute dtype: float32 by default; ``--config.net.dtype=bfloat16`` did not change the test
 BPD of the digits config (5.79 vs 5.74 at step 600), so use it on GPUs/TPUs
 (``bash benchmarks/gpu_cifar10.sh`` benchmarks exactly that: bf16, batch 128, NFDM and VDM).

@@ -53,7 +53,9 @@ def base_config() -> ConfigDict:
     n.forward_channels = config_dict.placeholder(int)
     n.dtype = "float32"            # compute dtype: float32 | bfloat16 (parameters stay float32)
     n.remat = False
-    n.forward_remat_elementwise = False  # forward net: recompute norms/activations in backward
+    # Forward net only (it runs under jax.jvp): none | elementwise (recompute norms and
+    # activations) | blocks (recompute every block) | outer (every block at level 0).
+    n.forward_remat = "none"
     n.conv = "auto"                # auto (matmul on CPU, XLA conv elsewhere) | xla | matmul
     n.hidden = 256                 # 2-D MLPs
     n.time_embed_dim = 32

@@ -144,18 +144,11 @@ def _quiet_orbax(record) -> bool:
     return True
 
 
-def _quiet_backend_probe(record) -> bool:
-    # JAX tries every backend; on a machine without libtpu its "Unable to initialize backend
-    # 'tpu'" line reads like an error but only means "not a TPU".
-    return not (record.levelno <= 20 and record.getMessage().startswith(
-        "Unable to initialize backend"))
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_quiet_orbax)
-    logging.get_absl_handler().addFilter(_quiet_backend_probe)
+    logging.get_absl_handler().addFilter(runtime.quiet_backend_probe)
     config, workdir = load_config(), _WORKDIR.value
     runtime.enable_compilation_cache()  # reruns and resumes skip recompiling
     init_distributed()

@@ -410,7 +410,7 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
         preset = dataclasses.replace(nets.get_preset(n.preset), image_shape=tuple(shape),
                                      cond_channels=shape[-1] if bridge else 0, **overrides)
         predictor, fwd = nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv,
-                                              n.forward_remat_elementwise)
+                                            n.forward_remat)
         # Input features (model.fourier_exponents) widen the input, not the output.
         predictor = predictor.clone(out_channels=shape[-1])
     return predictor, fwd.clone(time_scale=n.forward_time_scale)

@@ -114,6 +114,8 @@ CASES = [
     ("model_name", {"model.name": "nope"}, "train", "new", "model.name"),
     ("dataset", {"data.name": "mnist"}, "train", "new", "data.name"),
     ("dtype", {"net.dtype": "float16"}, "train", "new", "net.dtype"),
+    ("forward_remat", {"net.forward_remat": "full"}, "train", "new",
+     "config.net.forward_remat='full' is invalid: one of ('none', 'elementwise', 'blocks'"),
     ("resume_two_fields", {"net.hidden": 48, "model.delta": 0.02}, "train", "trained",
      ("net.hidden (stored 32, now 48)", "model.delta (stored 0.01, now 0.02)")),
     ("resume_target", {"data.target": "checkerboard"}, "train", "trained", "data.target"),

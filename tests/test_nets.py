@@ -13,7 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nfdm_jax.forward import neural_forward
+from nfdm_jax.losses import diffusion_loss
 from nfdm_jax.nets import (
+    FORWARD_REMATS,
     PRESETS,
     AttentionBlock,
     ForwardMLP2D,
@@ -158,7 +161,8 @@ def test_remat_same_outputs_and_grads(tiny, kind):
     """Full and elementwise-only remat change memory, not values. The elementwise policy
     (for the forward net) is checked through the time jvp the forward process takes."""
     net, x, t, params = tiny
-    remat_net = net.clone(remat=kind == "full", remat_elementwise=kind == "elementwise")
+    remat_net = net.clone(remat=kind == "full",
+                          block_remat="elementwise" if kind == "elementwise" else "none")
     remat_shapes = jax.eval_shape(remat_net.init, jax.random.key(0), x, t)["params"]
     assert jax.tree.map(jnp.shape, remat_shapes) == jax.tree.map(jnp.shape, params)
 
@@ -180,6 +184,56 @@ def test_remat_same_outputs_and_grads(tiny, kind):
     np.testing.assert_allclose(remat_loss, loss, rtol=1e-5)
     for g_remat, g in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
         np.testing.assert_allclose(g_remat, g, rtol=1e-4, atol=1e-6)
+
+
+def _remat_count(net, x, t) -> int:
+    """How many rematerialised (checkpointed) calls one application of `net` traces."""
+    params = jax.eval_shape(net.init, jax.random.key(0), x, t)
+    jaxpr = str(jax.make_jaxpr(net.apply)(params, x, t))
+    return jaxpr.count("remat2[") + jaxpr.count("checkpoint[")  # the name varies with JAX
+
+
+def test_forward_remat_same_nfdm_loss_and_grads(tiny):
+    """Every `forward_remat` changes what the backward pass recomputes, not values: the NFDM
+    diffusion loss (the forward net under jax.jvp at x and at the prediction) and its
+    gradients equal those without remat. Eager, on the tiny preset without level-1
+    attention and with one width (fewer distinct ops to compile): four jitted steps would
+    take minutes to compile on a CPU."""
+    _, x, t, _ = tiny
+    spec = dataclasses.replace(PRESETS["tiny"], channel_mults=(1, 1), attention_resolutions=())
+    nets = {r: make_networks(spec, conv="xla", forward_remat=r)[1] for r in FORWARD_REMATS}
+    counts = {r: _remat_count(nets[r], x, t) for r in FORWARD_REMATS}
+    # 10 residual blocks and the middle attention; 5 at level 0: down0_0, down0_resample,
+    # up0_0, up0_1 and up1_resample (whose convolutions run at level 0's size).
+    assert counts == {"none": 0, "elementwise": 11, "blocks": 11, "outer": 5}, counts
+    params = {"forward": _random_params(nets["none"], x, t, seed=1),
+              "scale": jnp.asarray([[[[0.9, 1.1, 0.8]]]])}
+    eps = jnp.asarray(np.random.default_rng(2).standard_normal(x.shape), jnp.float32)
+
+    def loss_and_grad(remat: str):
+        def loss(p):
+            process = neural_forward(
+                lambda xx, tt: nets[remat].apply({"params": p["forward"]}, xx, tt), delta=0.01)
+            # The predictor's own remat is net.remat (test_remat_same_outputs_and_grads).
+            return jnp.mean(diffusion_loss(process, lambda z, tt: z * p["scale"],
+                                           lambda tt: 0.5 + tt, x, t, eps))
+
+        return jax.value_and_grad(loss)(params)
+
+    loss, grads = loss_and_grad("none")
+    assert np.isfinite(loss) and loss > 0
+    for remat in FORWARD_REMATS[1:]:
+        remat_loss, remat_grads = loss_and_grad(remat)
+        np.testing.assert_allclose(remat_loss, loss, rtol=1e-5, err_msg=remat)
+        for g_remat, g in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
+            # float32 sums in another order: tolerances relative to each array's scale.
+            np.testing.assert_allclose(g_remat, g, rtol=1e-4, atol=1e-5 * float(jnp.abs(g).max()),
+                                       err_msg=remat)
+
+
+def test_unknown_forward_remat_raises():
+    with pytest.raises(ValueError, match="forward_remat 'full'.*'outer'"):
+        make_networks("tiny", forward_remat="full")
 
 
 def test_dropout_only_in_training_with_key(tiny):

@@ -29,7 +29,10 @@ import jax.numpy as jnp
 
 from nfdm_jax.nets.layers import ConvImpl, Dtype
 from nfdm_jax.nets.mlp import ForwardMLP2D, PredictorMLP2D
-from nfdm_jax.nets.unet import ForwardUNet, UNet
+from nfdm_jax.nets.unet import BLOCK_REMATS, ForwardUNet, UNet
+
+# Values of `make_networks(forward_remat=...)` (`ForwardUNet.block_remat`).
+FORWARD_REMATS = BLOCK_REMATS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,21 +105,25 @@ def get_preset(preset: str | Preset) -> Preset:
 
 def make_networks(
     preset: str | Preset, dtype: Dtype = jnp.float32, remat: bool = False,
-    conv: ConvImpl = "auto", forward_remat_elementwise: bool = False,
+    conv: ConvImpl = "auto", forward_remat: str = "none",
 ) -> tuple[UNet, ForwardUNet]:
     """Build the (reverse predictor, forward-process) U-Nets of a preset.
 
     Both keep float32 parameters and return float32; `dtype` is the compute dtype.
     The predictor maps [B, H, W, C] to [B, H, W, C]; the forward net returns (m_bar, l_bar).
+    `remat` rematerialises every block of both; `forward_remat` chooses what the forward
+    net alone rematerialises (`ForwardUNet.block_remat`, one of `FORWARD_REMATS`).
     """
+    if forward_remat not in FORWARD_REMATS:
+        raise ValueError(f"unknown forward_remat {forward_remat!r}; known: {FORWARD_REMATS}")
     spec = get_preset(preset)
     forward_channels = spec.forward_channels or spec.channels // 2
     common = dict(dtype=dtype, param_dtype=jnp.float32, remat=remat, conv=conv)
     predictor = UNet(**spec.unet_kwargs(spec.channels), **common)
     # The forward net runs under jax.jvp, which keeps primal and tangent activations for
-    # the backward pass: elementwise remat there halves NFDM's extra memory at ~1 % FLOPs.
+    # the backward pass; experiments/cifar10.py measures what each forward_remat saves.
     forward = ForwardUNet(**spec.unet_kwargs(forward_channels), **common,
-                          remat_elementwise=forward_remat_elementwise)
+                          block_remat=forward_remat)
     return predictor, forward
 
 

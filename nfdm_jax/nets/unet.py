@@ -28,6 +28,12 @@ _ELEMENTWISE_POLICY = jax.checkpoint_policies.save_from_both_policies(
     jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(CONV_NAME))
 _ElementwiseRematResBlock = nn.remat(ResBlock, static_argnums=(3,), policy=_ELEMENTWISE_POLICY)
 _ElementwiseRematAttentionBlock = nn.remat(AttentionBlock, policy=_ELEMENTWISE_POLICY)
+_RES_BLOCKS = {"none": ResBlock, "full": _RematResBlock, "elementwise": _ElementwiseRematResBlock}
+_ATTENTION_BLOCKS = {"none": AttentionBlock, "full": _RematAttentionBlock,
+                     "elementwise": _ElementwiseRematAttentionBlock}
+
+# Values of `block_remat`, see `_ADMBackbone`.
+BLOCK_REMATS = ("none", "elementwise", "blocks", "outer")
 
 
 class _ADMBackbone(nn.Module):
@@ -49,8 +55,11 @@ class _ADMBackbone(nn.Module):
       dtype: compute dtype; the output is always float32.
       param_dtype: parameter dtype.
       remat: rematerialise every residual/attention block in the backward pass.
-      remat_elementwise: rematerialise only the elementwise ops between convolutions and
-        matmuls (ignored when `remat`).
+      block_remat: finer choice of what to rematerialise (ignored when `remat`), one of
+        `BLOCK_REMATS`: "none"; "elementwise" (every block keeps its convolution and
+        matmul outputs and recomputes the norms, activations, FiLM and softmax between
+        them); "blocks" (every block, like `remat`); "outer" (only the blocks at the
+        highest resolution, level 0 of `channel_mults`).
       conv: convolution implementation, see `layers.conv_as_matmul` ("auto": matmuls on
         CPU, XLA convolutions elsewhere).
     """
@@ -68,7 +77,7 @@ class _ADMBackbone(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
-    remat_elementwise: bool = False
+    block_remat: str = "none"
     conv: ConvImpl = "auto"
 
     def _check_inputs(self, x: jax.Array, cond: jax.Array | None) -> None:
@@ -81,17 +90,26 @@ class _ADMBackbone(nn.Module):
         if got != self.cond_channels:
             raise ValueError(f"expected {self.cond_channels} conditioning channels, got {got}")
 
-    def _res_block(self, out_channels: int, name: str, resample: Resample = "none") -> ResBlock:
-        cls = (_RematResBlock if self.remat else
-               _ElementwiseRematResBlock if self.remat_elementwise else ResBlock)
+    def _remat_mode(self, outer: bool) -> str:
+        """"none" | "full" | "elementwise" for a block; `outer`: whether it runs at the
+        highest resolution (level 0)."""
+        if self.remat:
+            return "full"
+        if self.block_remat not in BLOCK_REMATS:
+            raise ValueError(f"block_remat={self.block_remat!r}; known: {BLOCK_REMATS}")
+        return {"none": "none", "elementwise": "elementwise", "blocks": "full",
+                "outer": "full" if outer else "none"}[self.block_remat]
+
+    def _res_block(self, out_channels: int, name: str, outer: bool,
+                   resample: Resample = "none") -> ResBlock:
+        cls = _RES_BLOCKS[self._remat_mode(outer)]
         return cls(
             out_channels, self.dropout, self.norm_groups, resample,
             dtype=self.dtype, param_dtype=self.param_dtype, conv=self.conv, name=name,
         )
 
-    def _attention(self, name: str) -> AttentionBlock:
-        cls = (_RematAttentionBlock if self.remat else
-               _ElementwiseRematAttentionBlock if self.remat_elementwise else AttentionBlock)
+    def _attention(self, name: str, outer: bool) -> AttentionBlock:
+        cls = _ATTENTION_BLOCKS[self._remat_mode(outer)]
         return cls(
             self.num_heads, self.head_channels, self.norm_groups,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name,
@@ -108,12 +126,13 @@ class _ADMBackbone(nn.Module):
         return self._dense(4 * self.channels, "time_dense1")(nn.silu(emb))
 
     def _block(
-        self, h: jax.Array, emb: jax.Array, out_channels: int, name: str, train: bool
+        self, h: jax.Array, emb: jax.Array, out_channels: int, name: str, train: bool,
+        outer: bool,
     ) -> jax.Array:
         """Residual block, followed by attention when h is at an attention resolution."""
-        h = self._res_block(out_channels, f"{name}_res")(h, emb, train)
+        h = self._res_block(out_channels, f"{name}_res", outer)(h, emb, train)
         if h.shape[1] in self.attention_resolutions:
-            h = self._attention(f"{name}_attn")(h)
+            h = self._attention(f"{name}_attn", outer)(h)
         return h
 
     @nn.compact
@@ -133,22 +152,28 @@ class _ADMBackbone(nn.Module):
         last = len(self.channel_mults) - 1
         for level, mult in enumerate(self.channel_mults):
             for i in range(self.depth):
-                h = self._block(h, emb, self.channels * mult, f"down{level}_{i}", train)
+                h = self._block(h, emb, self.channels * mult, f"down{level}_{i}", train,
+                                level == 0)
                 skips.append(h)
             if level != last:
-                h = self._res_block(h.shape[-1], f"down{level}_resample", "down")(h, emb, train)
+                h = self._res_block(h.shape[-1], f"down{level}_resample", level == 0,
+                                    "down")(h, emb, train)
                 skips.append(h)
 
-        h = self._res_block(h.shape[-1], "mid_res0")(h, emb, train)
-        h = self._attention("mid_attn")(h)
-        h = self._res_block(h.shape[-1], "mid_res1")(h, emb, train)
+        mid_outer = last == 0
+        h = self._res_block(h.shape[-1], "mid_res0", mid_outer)(h, emb, train)
+        h = self._attention("mid_attn", mid_outer)(h)
+        h = self._res_block(h.shape[-1], "mid_res1", mid_outer)(h, emb, train)
 
         for level, mult in reversed(list(enumerate(self.channel_mults))):
             for i in range(self.depth + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = self._block(h, emb, self.channels * mult, f"up{level}_{i}", train)
+                h = self._block(h, emb, self.channels * mult, f"up{level}_{i}", train,
+                                level == 0)
             if level != 0:
-                h = self._res_block(h.shape[-1], f"up{level}_resample", "up")(h, emb, train)
+                # Its convolutions run at level - 1's resolution.
+                h = self._res_block(h.shape[-1], f"up{level}_resample", level == 1,
+                                    "up")(h, emb, train)
 
         # The head runs in float32: it is cheap and it sets the precision of the output.
         h = nn.silu(group_norm(h, self.norm_groups, name="out_norm"))

@@ -1,6 +1,7 @@
 """Process-wide JAX settings for training runs, applied once at start-up."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
@@ -29,3 +30,11 @@ def enable_compilation_cache(directory: Optional[str] = None) -> str:
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", _MIN_COMPILE_SECS)
     return directory
+
+
+def quiet_backend_probe(record: logging.LogRecord) -> bool:
+    """Log filter: drops JAX's "Unable to initialize backend 'tpu'" INFO line. JAX tries
+    every backend; on a machine without libtpu that line reads like an error but only
+    means "not a TPU". Warnings and errors pass."""
+    return not (record.levelno <= logging.INFO and record.getMessage().startswith(
+        "Unable to initialize backend"))

@@ -138,6 +138,9 @@ def _check_net_and_data(c: ml_collections.ConfigDict) -> None:
     n = c.net
     if "dtype" in n:
         _require(n.dtype in DTYPES, "net.dtype", n.dtype, f"one of {DTYPES}")
+    if "forward_remat" in n:
+        _require(n.forward_remat in nets.FORWARD_REMATS, "net.forward_remat", n.forward_remat,
+                 f"one of {nets.FORWARD_REMATS}")
     for field in ("hidden", "time_embed_dim", "channels", "depth", "forward_channels"):
         if field in n:
             v = n[field]

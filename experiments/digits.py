@@ -18,7 +18,9 @@ features), at whose period 2/16 (n = 4) every level has the same phase: test BPD
 step 2000 (K = 1; 2.11 at step 1000). The per-t profile (reports/fidelity) shows the small-t
 loss, where the levels are resolved, down to ~3 nats per image per unit t.
 
-Measured on an idle 2-core machine: {TIMING}. On CPU the U-Net's convolutions run as
+Measured on an idle 2-core machine: 4 min 13 s wall in all with a cold compilation cache
+(26 s compiling the train step, 9.3 steps/s), test BPD 2.11 ± 0.15 at step 1000 and
+1.975 ± 0.146 at step 2000 (K = 1 t-sample per test image; ± the standard error over images). On CPU the U-Net's convolutions run as
 matmuls (``net.conv = "auto"``): XLA's CPU convolutions spent 90 % of the step in 341 small
 convolutions (0.44 → 3.5 steps/s on a loaded VM).
 Compute stays float32 (``net.dtype``): ``--config.net.dtype=bfloat16`` reached the same

@@ -328,9 +328,12 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
                 c.lock()
                 name = f"{variant or 'nfdm'}_steps{steps}_seed{seed}"
                 workdir = os.path.join(workroot, name)
+                # A run finished by an earlier invocation is not retrained: its time is
+                # None here, and save() keeps the one recorded then.
+                done = os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
                 start = time.perf_counter()
                 loop.train(c, workdir)
-                train_s = time.perf_counter() - start
+                train_s = None if done else time.perf_counter() - start
                 m = loop.run_eval(c, workdir)
                 out[name] = {"variant": variant or "nfdm", "steps": steps, "seed": seed,
                              "bpd": m["bpd"], "bpd_stderr": m["bpd_stderr"],
@@ -349,7 +352,8 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
                     out[name]["t"] = ts.tolist()
                     out[name]["diff_profile"] = digits_profile(c, workdir, ts)
                 print(f"  digits/{name}: {m['bpd']:.3f} ± {m['bpd_stderr']:.3f} bits/dim "
-                      f"({train_s:.0f} s)", flush=True)
+                      f"({'trained before' if train_s is None else f'{train_s:.0f} s'})",
+                      flush=True)
     return out
 
 
@@ -371,7 +375,8 @@ def digits_summary(runs: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]
         v = np.array([r["bpd"] for r in rs])
         se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
         out[key] = {"mean": float(v.mean()), "se": se, "runs": rs,
-                    "seconds": float(np.mean([r["train_seconds"] for r in rs]))}
+                    "seconds": float(np.mean([r["train_seconds"] for r in rs
+                                              if r["train_seconds"] is not None] or [np.nan]))}
     return out
 
 
@@ -533,6 +538,9 @@ def save(res: dict[str, Any], out: str) -> None:
     merged.update(res)
     if "digits" in res:
         merged["digits"] = {**old_digits, **res["digits"]}
+        for name, r in res["digits"].items():
+            if r["train_seconds"] is None and name in old_digits:
+                r["train_seconds"] = old_digits[name]["train_seconds"]
     merged["commands"] = sorted(set(commands + [res["command"]]))
     res = merged
     with open(path, "w") as f:

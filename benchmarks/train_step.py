@@ -26,12 +26,18 @@ it prints one JSON line and, at the end, a table with:
 parameters allocated), ``memory`` (+ compile and memory_analysis, still nothing allocated),
 ``time`` (everything). ``--json=PATH`` appends the JSON lines to a file.
 
+``--aot_topology=v5p:1x1x1`` compiles for that TPU slice on a machine without one (XLA's TPU
+compiler from the ``libtpu`` wheel, ``pip install 'jax[tpu]'``; ``--measure=memory``): the
+accelerator's own memory analysis, which XLA:CPU's does not predict (it ignores
+``jax.checkpoint``'s barriers and schedules for concurrency, not memory).
+
 Batches are random data of the config's shape (no dataset needed); everything else is the
 real training path: mesh, shardings, donated state and ``steps_per_dispatch``.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -60,14 +66,34 @@ def as_vdm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-class Step:
-    """The jitted train step of a config, and abstract (shape-only) state and batch."""
+def aot_devices(topology: str) -> list[Any]:
+    """The compile-only devices of a TPU slice such as ``"v5p:1x1x1"`` or ``"v5e:2x2"``
+    (``jax.experimental.topologies``): XLA's TPU compiler, with no TPU attached, gives the
+    compiled step's real cost and memory analysis. Needs the ``libtpu`` wheel that
+    ``jax[tpu]`` pins for this JAX version."""
+    from jax.experimental import topologies
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    bounds = [int(v) for v in topology.split(":")[-1].split("x")]
+    # A slice smaller than one host (one chip) needs its own host bounds.
+    kwargs = {"chips_per_host_bounds": tuple(bounds)} if np.prod(bounds) == 1 else {}
+    try:
+        return list(topologies.get_topology_desc(topology, "tpu", **kwargs).devices)
+    except Exception as e:  # the plugin's own errors are opaque: say what is needed
+        raise RuntimeError(
+            f"could not describe the TPU topology {topology!r} ({e}); AOT compiling for a TPU "
+            "needs the libtpu wheel of this JAX version: pip install 'jax[tpu]==<jax version>'"
+        ) from e
+
+
+class Step:
+    """The jitted train step of a config, and abstract (shape-only) state and batch, on a
+    mesh over ``devices`` (default: all of this process's backend)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, devices: Optional[list[Any]] = None):
         t = config.train
         self.config = config
         self.shape = example_shape(config.data)
-        self.mesh = sharding.make_mesh(config)
+        self.mesh = sharding.make_mesh(config, devices)
         sharding.check_batch(self.mesh, t.batch_size)
         self.model = Model(config, self.shape)
         optimizer = make_optimizer(config.optim, t.num_steps)
@@ -136,13 +162,15 @@ def matmul_peak_tflops(dtype: Any, n: Optional[int] = None) -> float:
 
 
 def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Optional[float],
-              min_time: float, min_steps: int) -> dict[str, Any]:
-    """One model's row (see the module docstring)."""
+              min_time: float, min_steps: int,
+              devices: Optional[list[Any]] = None) -> dict[str, Any]:
+    """One model's row (see the module docstring); ``devices``: see :class:`Step`."""
     spd = config.train.steps_per_dispatch
-    s = Step(config)
+    s = Step(config, devices)
+    mesh_devices = s.mesh.devices.ravel()
     out: dict[str, Any] = {"model": config.model.name, "batch": config.train.batch_size,
                            "dtype": config.net.dtype, "steps_per_dispatch": spd,
-                           "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}"}
+                           "device": f"{mesh_devices.size}x {mesh_devices[0].device_kind}"}
     start, cpu = time.perf_counter(), time.process_time()
     lowered = s.fn.lower(s.abstract_state, s.abstract_batch)
     lower_s = time.perf_counter() - start
@@ -155,6 +183,8 @@ def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Opti
     compiled = lowered.compile()
     out["compile_s"] = lower_s + time.perf_counter() - start
     out["compile_cpu_s"] = time.process_time() - cpu
+    if math.isnan(out["gflop_per_step"]):  # e.g. TPU: only the compiled program is costed
+        out["gflop_per_step"] = _cost(compiled).get("flops", float("nan")) / 1e9
     mem = compiled.memory_analysis()
     if mem is not None:
         out["temp_gib"] = mem.temp_size_in_bytes / GIB
@@ -216,7 +246,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def _define_flags() -> None:
     """The CLI's flags, defined only when run as a script: importing this module (the tests
     do, next to experiments.run, which owns --config too) must not define absl flags."""
-    global _CONFIG, _MEASURE, _COMPARE_VDM, _MIN_TIME, _MIN_STEPS, _PEAK, _JSON
+    global _CONFIG, _MEASURE, _COMPARE_VDM, _MIN_TIME, _MIN_STEPS, _PEAK, _JSON, _TOPOLOGY
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
     _MEASURE = flags.DEFINE_enum("measure", "time", ["flops", "memory", "time"],
                                  "flops: lowering only; memory: + compile; time: + run.")
@@ -226,6 +256,9 @@ def _define_flags() -> None:
     _PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU "
                                "(e.g. 989 for an H100/H200 in bf16); default: a measured matmul.")
     _JSON = flags.DEFINE_string("json", None, "Append the JSON lines to this file.")
+    _TOPOLOGY = flags.DEFINE_string(
+        "aot_topology", None, "Compile for this TPU slice (e.g. v5p:1x1x1) without one attached "
+        "(needs libtpu); --measure flops or memory only.")
     flags.mark_flag_as_required("config")
 
 
@@ -234,12 +267,18 @@ def main(_) -> None:
     # Cold compiles: a cached executable would make compile_s meaningless.
     jax.config.update("jax_enable_compilation_cache", False)
     config = _CONFIG.value
+    devices = None
+    if _TOPOLOGY.value:
+        if _MEASURE.value == "time":
+            raise app.UsageError("--aot_topology compiles only: use --measure=flops or memory")
+        devices = aot_devices(_TOPOLOGY.value)
     configs = [config]
     if _COMPARE_VDM.value and config.model.name != "vdm":
         configs.append(as_vdm(config))
     rows = []
     for c in configs:
-        row = benchmark(c, _MEASURE.value, _PEAK.value, _MIN_TIME.value, _MIN_STEPS.value)
+        row = benchmark(c, _MEASURE.value, _PEAK.value, _MIN_TIME.value, _MIN_STEPS.value,
+                        devices)
         rows.append(row)
         line = json.dumps(row, sort_keys=True)
         print(line, flush=True)

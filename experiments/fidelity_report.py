@@ -13,24 +13,31 @@ Methods.
 *2-D likelihood* (section ``likelihood``). The ring (``eight_gaussians``) and the correlated
 pair of ``report_lib.DENSITIES``; every model is its shipped config (``toy2d.py`` and its
 variants ``vdm``, ``vdm_learned``, ``frozen``, ``flow_matching``) with the budget below
-(MLPs 128 wide, batch 512, Adam 3e-3 decayed linearly to 0, EMA 0.999 evaluated,
-global-norm clipping 1.0) and ``model.data_mean`` / ``data_std`` measured on the training
-pool. ``--seeds`` seeds train together in one jit (``jax.vmap`` over the seed). Held-out
+(MLPs 128 wide, batch 512, ``--steps`` steps of Adam 3e-3 decayed linearly to 0, EMA 0.999
+evaluated, global-norm clipping 1.0) and ``model.data_mean`` / ``data_std`` measured on the
+training pool. ``--seeds`` seeds train together in one jit (``jax.vmap`` over the seed); a
+model's key depends on its name only, so ``--models`` subsets train the same models. Held-out
 NELBO (K t-samples per point, ``report_lib.nelbo_per_example``) and exact-trace ODE NLL
 (``report_lib.ode_nll``), both minus the true entropy H (Monte Carlo on the same points),
-mean ± s.e. over seeds (each seed's value is itself a mean over points); the one-sample
-NELBO estimator's standard deviation (K = 1, over points, t and ε); and the per-t profile
-of L_diff's integrand (nats per unit t, on a t-grid) of the seed-0 models on the ring.
+mean ± s.e. over seeds (each seed's value is itself a mean over points), and NFDM minus each
+model; the one-sample NELBO estimator's standard deviation (K = 1, over points, t and ε);
+and the per-t profile of L_diff's integrand (nats per unit t, on a t-grid) of the seed-0
+models on the ring.
 
-*Sample quality vs NFE* (section ``nfe``). NFDM-OT (``toy2d_ot.py``, λ = 0.01, edm
-predictor) against the VP probability-flow ODE, flow matching and NFDM's ODE (from the
-first section's ring models): Euler with 1, 2, 4, 8 steps from the same prior draws,
-squared energy distance and sliced Wasserstein-2 to held-out ring samples, mean ± s.e.
-over seeds; straightness S / E‖z1 − z0‖² of the seed-0 models.
+*Sample quality vs NFE* (section ``nfe``). NFDM-OT (``toy2d_ot.py``, edm predictor) at each
+curvature weight λ of ``Settings.curvature_weights`` against the VP probability-flow ODE,
+flow matching and NFDM's ODE (the likelihood section's ring models): Euler with 1, 2, 4, 8
+and 64 steps (64: the ODE's own limit) from the same prior draws, squared energy distance
+and sliced Wasserstein-2 to held-out ring samples, mean ± s.e. over seeds; straightness
+S / E‖z1 − z0‖² and NFDM-OT's mean forward σ(t) of the seed-0 models.
 
 *Ablation* (section ``ablation``): NFDM on the ring, one change at a time from the
-default: the paper's predictor, the forward network's time features at scale 1000, and
-per-group gradient clipping.
+default: the paper's predictor, the forward network's time features at scale 1000,
+per-group gradient clipping; and VP with the edm predictor.
+
+Sections are keyed by their step count (digits: by run), and each invocation merges into
+``results.json`` (:func:`merge_results`), so a run at another ``--steps`` or of more
+``--models`` adds rows and a rerun replaces exactly its own.
 
 *Digits* (section ``digits``): ``experiments/digits.py`` and its ``frozen``, ``vdm``,
 ``vdm_learned``, ``flow_matching`` variants (``--digits_variants``; all on the same U-Net and
@@ -45,6 +52,7 @@ import argparse
 import dataclasses
 import json
 import math
+import zlib
 import os
 import time
 from typing import Any
@@ -65,7 +73,9 @@ from nfdm_jax.train import step as train_step
 
 POOL_SIZE = 2 ** 18
 LABELS = {"vp": "VP (vdm)", "vdm_learned": "VDM, learned γ", "nfdm": "NFDM",
-          "nfdm_frozen": "NFDM :frozen", "flow_matching": "flow matching", "nfdm_ot": "NFDM-OT"}
+          "nfdm_frozen": "NFDM :frozen", "flow_matching": "flow matching",
+          # Rows measured before toy2d.py's flow matching took the paper's predictor.
+          "flow_matching_edm": "flow matching, edm predictor (stuck at its start)"}
 # model -> (config module, variant, extra edits)
 MODELS_2D: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "vp": (toy2d, "vdm", {}),
@@ -89,13 +99,13 @@ class Settings:
     batch_size: int = 512
     hidden: int = 128
     lr: float = 3e-3
-    curvature_weight: float = 0.01
+    curvature_weights: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: int = 3
     num_eval: int = 4096
     num_t_samples: int = 32
     num_ode: int = 1024
     num_samples: int = 4096
-    nfes: tuple[int, ...] = (1, 2, 4, 8)
+    nfes: tuple[int, ...] = (1, 2, 4, 8, 64)
     profile_ts: int = 24
     digits_steps: tuple[int, ...] = (2000,)
     digits_seeds: int = 2
@@ -116,8 +126,6 @@ def make_config(module: Any, variant: str, edits: dict[str, Any], s: Settings,
     c.net.hidden = s.hidden
     c.train.batch_size, c.train.num_steps = s.batch_size, s.steps
     c.optim.lr, c.optim.schedule, c.optim.end_lr = s.lr, "polynomial", 0.0
-    if c.model.name == "nfdm_ot":
-        c.model.curvature_weight = s.curvature_weight
     # The edm predictor's statistics, measured on this training pool.
     c.model.data_mean = tuple(float(v) for v in pool.mean(0))
     c.model.data_std = tuple(float(v) for v in pool.std(0))
@@ -174,6 +182,21 @@ def fit_seeds(model: Model, config: ml_collections.ConfigDict, pool: np.ndarray,
 
 # --------------------------------------------------------------------------- measurements
 
+def ot_name(curvature_weight: float) -> str:
+    return f"nfdm_ot_{curvature_weight:g}"
+
+
+def label(name: str) -> str:
+    if name.startswith("nfdm_ot_"):
+        return f"NFDM-OT λ = {name[len('nfdm_ot_'):]}"
+    return LABELS.get(name, name)
+
+
+def model_index(name: str) -> int:
+    """A stable integer for a model's name (its key is folded in from it)."""
+    return zlib.crc32(name.encode()) % 1000
+
+
 def seed_stats(values: list[float]) -> dict[str, Any]:
     v = np.asarray(values, np.float64)
     se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
@@ -216,9 +239,11 @@ def likelihood_section(s: Settings, key: jax.Array, models: dict[str, tuple[Any,
         res: dict[str, Any] = {"true_entropy": entropy._asdict(),
                                "true_entropy_ode_points": entropy_ode._asdict(), "models": {}}
         trained_all[density] = {}
-        for m, (name, (module, variant, edits)) in enumerate(models.items()):
+        for name, (module, variant, edits) in models.items():
             cfg = make_config(module, variant, edits, s, pool)
-            t = Trained(cfg, pool, s, jax.random.fold_in(key, 1000 * d + m))
+            # Keyed by the model's name, so that a run of a subset of the models trains
+            # each exactly as the full run does.
+            t = Trained(cfg, pool, s, jax.random.fold_in(key, 1000 * d + model_index(name)))
             trained_all[density][name] = t
             nelbo, ode, est_std, terms = [], [], [], {"diff": [], "rec": [], "prior": []}
             for i in range(s.seeds):
@@ -258,15 +283,21 @@ def likelihood_section(s: Settings, key: jax.Array, models: dict[str, tuple[Any,
 
 def nfe_section(s: Settings, key: jax.Array, ring: dict[str, Trained]) -> dict[str, Any]:
     pool = lib.sample_density("eight_gaussians", np.random.default_rng(100), POOL_SIZE)
-    ot = Trained(make_config(toy2d_ot, "", {}, s, pool), pool, s, jax.random.fold_in(key, 1))
-    models = {"nfdm_ot": ot, **{k: ring[k] for k in ("vp", "flow_matching", "nfdm") if k in ring}}
+    ots = {ot_name(lam): Trained(make_config(toy2d_ot, "", {"model.curvature_weight": lam}, s, pool),
+                                 pool, s, jax.random.fold_in(key, 1))
+           for lam in s.curvature_weights}
+    models = {**ots, **{k: ring[k] for k in ("vp", "flow_matching", "nfdm") if k in ring}}
     truth = lib.sample_density("eight_gaussians", np.random.default_rng(300), s.num_samples)
     z1 = sampling.sample_prior(jax.random.fold_in(key, 2), (s.num_samples, 2))
     floor = lib.energy_noise_floor(lambda r, n: lib.sample_density("eight_gaussians", r, n),
                                    s.num_samples, 3, 301)
     sw = jax.jit(lambda k, a, b: sliced_wasserstein(k, a, b))
-    out: dict[str, Any] = {"noise_floor_energy": floor._asdict(), "train_seconds_nfdm_ot": ot.seconds,
+    out: dict[str, Any] = {"noise_floor_energy": floor._asdict(),
+                           "train_seconds": {k: t.seconds for k, t in ots.items()},
                            "energy": {}, "sliced_w": {}, "straightness": {}}
+    ts = (np.arange(s.profile_ts) + 0.5) / s.profile_ts
+    out["sigma_profile"] = {"t": ts.tolist(), **{
+        k: sigma_profile(t.model, t.seed(0), truth[:1024], ts).tolist() for k, t in ots.items()}}
     for name, t in models.items():
         out["energy"][name], out["sliced_w"][name] = {}, {}
         for nfe in s.nfes:
@@ -386,63 +417,100 @@ def _fmt(r: dict[str, Any]) -> str:
     return f"{r['mean']:.3f} ± {r['se']:.3f}"
 
 
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """a − b, paired by seed (seed i of every model is evaluated on the same points and
+    keys): mean ± s.e. of the per-seed differences."""
+    d = np.subtract(a["per_seed"], b["per_seed"])
+    se = d.std(ddof=1) / math.sqrt(d.size) if d.size > 1 else float("nan")
+    return f"{d.mean():+.3f} ± {se:.3f}"
+
+
+def _by_steps(section: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A steps-keyed section's entries, fewest steps first."""
+    return sorted(section.items(), key=lambda kv: int(kv[0]))
+
+
+def _ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Models in ``MODELS_2D``'s order (whichever invocation trained them), then the rest."""
+    order = list(MODELS_2D)
+    return sorted(models.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
+                                                   else len(order), kv[0]))
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = ["# NFDM vs fixed processes at equal budget (issue #9)\n",
              "Commands: " + "; ".join(f"`{c}`" for c in res["commands"])
              + f". Settings (last command): `{json.dumps(res['settings'])}`.\n"]
-    if "likelihood" in res:
-        lines += ["## 2-D likelihood: held-out NELBO − H and ODE NLL − H (nats; mean ± s.e. "
-                  "over seeds)\n",
+    for steps, by_density in _by_steps(res.get("likelihood", {})):
+        lines += [f"## 2-D likelihood at {steps} steps: held-out NELBO − H and ODE NLL − H "
+                  "(nats; mean ± s.e. over seeds)\n",
                   "| density | model | NELBO − H | ODE NLL − H | 1-sample NELBO std | diff / rec / "
                   "prior | train s |", "|---|---|---|---|---|---|---|"]
-        for density, r in res["likelihood"].items():
-            for name, m in r["models"].items():
+        for density, r in by_density.items():
+            for name, m in _ordered(r["models"]):
                 t = m["terms"]
-                lines.append(f"| {density} | {LABELS.get(name, name)} | {_fmt(m['nelbo_minus_h'])} | "
+                lines.append(f"| {density} | {label(name)} | {_fmt(m['nelbo_minus_h'])} | "
                              f"{_fmt(m['ode_nll_minus_h'])} | {m['nelbo_estimator_std']:.2f} | "
                              f"{t['diff']:.3f} / {t['rec']:.3f} / {t['prior']:.4f} | "
                              f"{m['train_seconds']:.0f} |")
-        ring = res["likelihood"].get("eight_gaussians", {})
+        lines += ["\nNFDM minus each model, paired by seed (mean ± s.e. of the per-seed "
+                  "differences; negative: NFDM better)\n",
+                  "| density | NFDM − model | NELBO | ODE NLL |", "|---|---|---|---|"]
+        for density, r in by_density.items():
+            ours = r["models"].get("nfdm")
+            for name, m in _ordered(r["models"]):
+                if ours is None or name == "nfdm":
+                    continue
+                lines.append(f"| {density} | {label(name)} | "
+                             f"{_diff(ours['nelbo_minus_h'], m['nelbo_minus_h'])} | "
+                             f"{_diff(ours['ode_nll_minus_h'], m['ode_nll_minus_h'])} |")
+        ring = by_density.get("eight_gaussians", {})
         if "diff_profile" in ring:
             p = ring["diff_profile"]
             names = [k for k in p if k != "t"]
-            lines += ["\n### Per-t profile of L_diff's integrand on the ring (seed 0; nats per "
-                      "unit t) and mean σ(t)\n",
-                      "| t | " + " | ".join(f"{LABELS[n]} L_diff" for n in names) + " | "
-                      + " | ".join(f"{LABELS[n]} σ" for n in names) + " |",
+            lines += [f"\n### Per-t profile of L_diff's integrand on the ring ({steps} steps, "
+                      "seed 0; nats per unit t) and mean σ(t)\n",
+                      "| t | " + " | ".join(f"{label(n)} L_diff" for n in names) + " | "
+                      + " | ".join(f"{label(n)} σ" for n in names) + " |",
                       "|---|" + "---|" * (2 * len(names))]
             for i, t in enumerate(p["t"]):
                 lines.append(f"| {t:.3f} | " + " | ".join(f"{p[n][i]:.3f}" for n in names) + " | "
                              + " | ".join(f"{ring['sigma_profile'][n][i]:.3f}" for n in names)
                              + " |")
-    if "ablation" in res:
-        lines += ["\n## Ablation on the ring (one change at a time from the default)\n",
-                  "Ablation rows as recorded in results.json; the run in this report's commands "
-                  "used the zero-initialised 2-D `edm` predictor (see README.md), the default rows "
-                  "come from the likelihood section.\n",
+    for steps, by_density in _by_steps(res.get("ablation", {})):
+        lines += [f"\n## Ablation on the ring at {steps} steps (one change at a time from the "
+                  "default)\n",
                   "| variant | NELBO − H | ODE NLL − H | train s |", "|---|---|---|---|"]
-        base = res.get("likelihood", {}).get("eight_gaussians", {}).get("models", {})
+        base = res.get("likelihood", {}).get(steps, {}).get("eight_gaussians", {}).get("models", {})
         for name in ("nfdm", "vp"):
             if name in base:
                 m = base[name]
-                lines.append(f"| {LABELS[name]} (default) | {_fmt(m['nelbo_minus_h'])} | "
+                lines.append(f"| {label(name)} (default) | {_fmt(m['nelbo_minus_h'])} | "
                              f"{_fmt(m['ode_nll_minus_h'])} | {m['train_seconds']:.0f} |")
-        for name, m in res["ablation"]["eight_gaussians"]["models"].items():
+        for name, m in by_density["eight_gaussians"]["models"].items():
             lines.append(f"| {name} | {_fmt(m['nelbo_minus_h'])} | {_fmt(m['ode_nll_minus_h'])} | "
                          f"{m['train_seconds']:.0f} |")
-    if "nfe" in res:
-        q = res["nfe"]
+    for steps, q in _by_steps(res.get("nfe", {})):
         nfes = list(next(iter(q["energy"].values())))
         f = q["noise_floor_energy"]
-        lines += [f"\n## Ring samples vs NFE (Euler): energy distance / sliced W2 (mean ± s.e. "
-                  f"over seeds); noise floor {f['mean']:.4f} (std {f['se']:.4f})\n",
+        lines += [f"\n## Ring samples vs NFE (Euler; models trained {steps} steps): energy "
+                  f"distance / sliced W2 (mean ± s.e. over seeds); noise floor {f['mean']:.4f} "
+                  f"(std {f['se']:.4f})\n",
                   "| model | " + " | ".join(f"NFE {n}" for n in nfes) + " | straightness S/E‖Δ‖² |",
                   "|---|" + "---|" * (len(nfes) + 1)]
         for name in q["energy"]:
             cells = [f"{q['energy'][name][n]['mean']:.4f} ± {q['energy'][name][n]['se']:.4f} / "
                      f"{q['sliced_w'][name][n]['mean']:.3f}" for n in nfes]
-            lines.append(f"| {LABELS[name]} | " + " | ".join(cells)
+            lines.append(f"| {label(name)} | " + " | ".join(cells)
                          + f" | {q['straightness'][name]['relative']:.4f} |")
+        p = q.get("sigma_profile")
+        if p:
+            names = [k for k in p if k != "t"]
+            lines += [f"\nNFDM-OT's mean forward σ(t) on the ring (seed 0, {steps} steps)\n",
+                      "| t | " + " | ".join(label(n) for n in names) + " |",
+                      "|---|" + "---|" * len(names)]
+            for i, t in enumerate(p["t"]):
+                lines.append(f"| {t:.3f} | " + " | ".join(f"{p[n][i]:.4f}" for n in names) + " |")
     if "digits" in res:
         lines += ["\n## Digits: test BPD (K t-samples per test image)\n",
                   "Mean ± s.e. over seeds; per seed: test BPD ± s.e. over images × t. "
@@ -486,29 +554,33 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def figures(res: dict[str, Any], out: str) -> None:
-    ring = res.get("likelihood", {}).get("eight_gaussians", {})
-    if "diff_profile" in ring:
+    profiled = [(steps, r["eight_gaussians"]) for steps, r in _by_steps(res.get("likelihood", {}))
+                if "diff_profile" in r.get("eight_gaussians", {})]
+    if profiled:
+        steps, ring = profiled[-1]
         fig = Figure(figsize=(9, 3.5))
         FigureCanvasAgg(fig)
         ax1, ax2 = fig.subplots(1, 2)
         for name, v in ring["diff_profile"].items():
             if name != "t":
-                ax1.plot(ring["diff_profile"]["t"], v, marker="o", ms=3, label=LABELS[name])
-                ax2.plot(ring["sigma_profile"]["t"], ring["sigma_profile"][name], label=LABELS[name])
-        ax1.set(yscale="log", xlabel="t", ylabel="L_diff integrand (nats)", title="ring, seed 0")
+                ax1.plot(ring["diff_profile"]["t"], v, marker="o", ms=3, label=label(name))
+                ax2.plot(ring["sigma_profile"]["t"], ring["sigma_profile"][name], label=label(name))
+        ax1.set(yscale="log", xlabel="t", ylabel="L_diff integrand (nats)",
+                title=f"ring, seed 0, {steps} steps")
         ax2.set(xlabel="t", ylabel="mean σ(t)", yscale="log", title="forward σ(t)")
         ax1.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(out, "loss_vs_t.png"), dpi=80)
-    if "nfe" in res:
+    for steps, q in _by_steps(res.get("nfe", {}))[-1:]:
         fig = Figure(figsize=(4.5, 3.5))
         FigureCanvasAgg(fig)
         ax = fig.subplots()
-        for name, per in res["nfe"]["energy"].items():
+        for name, per in q["energy"].items():
             n = [int(k) for k in per]
             ax.errorbar(n, [per[k]["mean"] for k in per], [per[k]["se"] for k in per],
-                        marker="o", label=LABELS[name])
-        ax.set(xscale="log", yscale="log", xlabel="NFE (Euler)", ylabel="energy distance")
+                        marker="o", label=label(name))
+        ax.set(xscale="log", yscale="log", xlabel="NFE (Euler)", ylabel="energy distance",
+               title=f"ring, {steps} steps")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(out, "energy_vs_nfe.png"), dpi=80)
@@ -528,23 +600,36 @@ def figures(res: dict[str, Any], out: str) -> None:
         fig.savefig(os.path.join(out, "digits_loss_vs_t.png"), dpi=80)
 
 
+def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` merged into ``old`` recursively: dicts merge key by key, other values replace,
+    except that a ``None`` in ``new`` keeps ``old``'s value (a digits run finished by an
+    earlier invocation reports its training time as None). So a run of some models, densities
+    or step counts adds to or replaces exactly those entries."""
+    out = dict(old)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(old.get(k), dict):
+            out[k] = merge_results(old[k], v)
+        elif v is not None or k not in old:
+            out[k] = v
+    return out
+
+
 def save(res: dict[str, Any], out: str) -> None:
-    """Merges ``res`` into ``out/results.json`` (sections run by other invocations stay),
-    then rewrites the markdown and figures from the merged results."""
+    """Merges ``res`` into ``out/results.json`` (:func:`merge_results`: what other invocations
+    measured stays), then rewrites the markdown and figures from the merged results."""
     path = os.path.join(out, "results.json")
     merged = json.load(open(path)) if os.path.exists(path) else {}
     commands = merged.get("commands", [])
-    old_digits = merged.get("digits", {})
-    merged.update(res)
-    if "digits" in res:
-        merged["digits"] = {**old_digits, **res["digits"]}
-        for name, r in res["digits"].items():
-            if r["train_seconds"] is None and name in old_digits:
-                r["train_seconds"] = old_digits[name]["train_seconds"]
+    merged = merge_results(merged, res)
     merged["commands"] = sorted(set(commands + [res["command"]]))
-    res = merged
     with open(path, "w") as f:
-        json.dump(res, f, indent=2)
+        json.dump(merged, f, indent=2)
+    render(out)
+
+
+def render(out: str) -> None:
+    """Rewrites ``out/results.md`` and the figures from ``out/results.json``."""
+    res = json.load(open(os.path.join(out, "results.json")))
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(markdown(res))
     figures(res, out)
@@ -553,7 +638,9 @@ def save(res: dict[str, Any], out: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="reports/fidelity")
-    parser.add_argument("--sections", default="likelihood,nfe,ablation,digits")
+    parser.add_argument("--sections", default="likelihood,nfe,ablation,digits",
+                        help="comma-separated; empty: only rewrite results.md and the figures "
+                             "from results.json")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--digits_steps", default=None, help="comma-separated step counts")
@@ -561,6 +648,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits_seeds", type=int, default=None)
     parser.add_argument("--digits_variants", default=None,
                         help="comma-separated digits.py variants; 'nfdm' is the config itself")
+    parser.add_argument("--curvature_weights", default=None,
+                        help="comma-separated NFDM-OT curvature weights λ (section nfe)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default=None, help="comma-separated subset of the 2-D models")
     parser.add_argument("--densities", default=None, help="comma-separated subset of densities")
@@ -572,11 +661,17 @@ def main(argv: list[str] | None = None) -> None:
         s = dataclasses.replace(s, seeds=args.seeds)
     if args.digits_steps:
         s = dataclasses.replace(s, digits_steps=tuple(int(v) for v in args.digits_steps.split(",")))
+    if args.curvature_weights:
+        s = dataclasses.replace(s, curvature_weights=tuple(
+            float(v) for v in args.curvature_weights.split(",")))
     if args.digits_seeds is not None:
         s = dataclasses.replace(s, digits_seeds=args.digits_seeds)
     if args.digits_variants:
         s = dataclasses.replace(s, digits_variants=tuple(
             "" if v == "nfdm" else v for v in args.digits_variants.split(",")))
+    if not args.sections:
+        render(args.out)
+        return
     os.makedirs(args.out, exist_ok=True)
     res: dict[str, Any] = {"settings": dataclasses.asdict(s)}
     res["command"] = "python -m experiments.fidelity_report " + " ".join(argv or [])
@@ -590,6 +685,7 @@ def main(argv: list[str] | None = None) -> None:
         densities = tuple(args.densities.split(",")) if args.densities else tuple(lib.DENSITIES)
         res["likelihood"], trained = likelihood_section(s, key, models, densities,
                                                         profiles=True)
+        res["likelihood"] = {str(s.steps): res["likelihood"]}
         ring = trained.get("eight_gaussians", {})
         save(res, args.out)
     if "nfe" in sections:
@@ -598,11 +694,12 @@ def main(argv: list[str] | None = None) -> None:
                                                      ("vp", "nfdm", "flow_matching")},
                                             ("eight_gaussians",), profiles=False)
             ring = trained["eight_gaussians"]
-        res["nfe"] = nfe_section(s, jax.random.fold_in(key, 5), ring)
+        res["nfe"] = {str(s.steps): nfe_section(s, jax.random.fold_in(key, 5), ring)}
         save(res, args.out)
     if "ablation" in sections:
-        res["ablation"], _ = likelihood_section(s, jax.random.fold_in(key, 6), ABLATIONS,
-                                                ("eight_gaussians",), profiles=False)
+        ablation, _ = likelihood_section(s, jax.random.fold_in(key, 6), ABLATIONS,
+                                         ("eight_gaussians",), profiles=False)
+        res["ablation"] = {str(s.steps): ablation}
         save(res, args.out)
     if "digits" in sections:
         res["digits"] = digits_section(s, args.digits_workdir)

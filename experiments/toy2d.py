@@ -39,8 +39,18 @@ def measure_data_stats(c: common.ConfigDict) -> None:
     c.model.data_mean, c.model.data_std = data.channel_stats(c.data, c.seed)
 
 
+def flow_matching(c: common.ConfigDict) -> None:
+    """Flow matching with the paper's predictor. With ``edm`` it never leaves its start on
+    the ring, the linear (Gaussian) posterior mean: held-out ODE NLL 1.44 nats above the
+    entropy on every seed, the Gaussian fit's, against 0.07 with the paper's predictor
+    (3 000 steps, 2 seeds, reports/fidelity/README.md)."""
+    common.model_variants()["flow_matching"](c)
+    c.model.parameterization = "preconditioned"
+
+
 def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
     toy_defaults(c)
     measure_data_stats(c)
-    return common.apply_variants(c, arg, common.model_variants())
+    return common.apply_variants(c, arg, {**common.model_variants(),
+                                          "flow_matching": flow_matching})

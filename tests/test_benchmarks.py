@@ -15,3 +15,17 @@ def test_flop_count_and_ratio_table_without_compiling():
     table = train_step.table(rows)
     ratio = nfdm["gflop_per_step"] / vdm["gflop_per_step"]
     assert "| nfdm/vdm |" in table and f"{ratio:.4g}" in table
+
+
+def test_step_on_given_devices_and_a_clear_error_without_libtpu():
+    import importlib.util
+
+    import jax
+    import pytest
+
+    devices = jax.devices()[:1]
+    row = train_step.benchmark(toy2d.get_config("tiny"), "flops", None, 0.0, 1, devices)
+    assert row["device"] == f"1x {devices[0].device_kind}"
+    if importlib.util.find_spec("libtpu") is None:
+        with pytest.raises(RuntimeError, match="libtpu"):
+            train_step.aot_devices("v5p:1x1x1")

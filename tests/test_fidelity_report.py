@@ -1,0 +1,67 @@
+"""The fidelity report's bookkeeping: merging invocations and the tables it writes."""
+from __future__ import annotations
+
+import json
+
+from experiments import fidelity_report as fr
+
+
+def _stats(mean: float, se: float) -> dict:
+    return {"mean": mean, "se": se, "per_seed": [mean - se, mean + se]}
+
+
+def _model(nelbo: float, seconds: float = 10.0) -> dict:
+    return {"nelbo_minus_h": _stats(nelbo, 0.01), "ode_nll_minus_h": _stats(nelbo + 0.02, 0.01),
+            "nelbo_estimator_std": 1.0, "terms": {"diff": 1.0, "rec": -1.0, "prior": 0.0},
+            "final_train_loss": _stats(1.0, 0.1), "train_seconds": seconds}
+
+
+def _likelihood(steps: int, **models: float) -> dict:
+    return {str(steps): {"eight_gaussians": {"models": {k: _model(v) for k, v in models.items()}}}}
+
+
+def test_merge_adds_models_and_step_counts_and_keeps_the_rest() -> None:
+    old = {"likelihood": _likelihood(3000, vp=0.03, nfdm=0.02), "digits": {"a": {"bpd": 2.0}}}
+    new = {"likelihood": {**_likelihood(3000, vdm_learned=0.04), **_likelihood(12000, nfdm=0.01)}}
+    merged = fr.merge_results(old, new)
+    assert set(merged["likelihood"]["3000"]["eight_gaussians"]["models"]) == {
+        "vp", "nfdm", "vdm_learned"}
+    assert merged["likelihood"]["12000"]["eight_gaussians"]["models"]["nfdm"][
+        "nelbo_minus_h"]["mean"] == 0.01
+    assert merged["digits"] == {"a": {"bpd": 2.0}}
+    assert "vdm_learned" not in old["likelihood"]["3000"]["eight_gaussians"]["models"]
+
+
+def test_merge_replaces_a_rerun_model_but_none_keeps_the_recorded_value() -> None:
+    old = {"likelihood": _likelihood(3000, nfdm=0.5),
+           "digits": {"run": {"bpd": 2.0, "train_seconds": 300.0}}}
+    new = {"likelihood": _likelihood(3000, nfdm=0.1),
+           "digits": {"run": {"bpd": 1.9, "train_seconds": None}}}
+    merged = fr.merge_results(old, new)
+    assert merged["likelihood"]["3000"]["eight_gaussians"]["models"]["nfdm"][
+        "nelbo_minus_h"]["mean"] == 0.1
+    assert merged["digits"]["run"] == {"bpd": 1.9, "train_seconds": 300.0}
+
+
+def test_paired_difference_uses_per_seed_values() -> None:
+    a = {"mean": 2.0, "se": 1.0, "per_seed": [1.0, 2.0, 3.0]}
+    b = {"mean": 1.0, "se": 1.0, "per_seed": [0.5, 1.0, 1.5]}
+    # differences 0.5, 1.0, 1.5: mean 1, std 0.5, s.e. 0.5 / √3.
+    assert fr._diff(a, b) == "+1.000 ± 0.289"
+
+
+def test_markdown_tables_per_step_count_with_differences_to_nfdm(tmp_path) -> None:
+    res = {"settings": {}, "command": "c", "commands": ["c"],
+           "likelihood": {**_likelihood(12000, nfdm=0.01, vp=0.05),
+                          **_likelihood(3000, vp=0.03, nfdm=0.02, nfdm_frozen=0.07)}}
+    md = fr.markdown(res)
+    assert md.index("at 3000 steps") < md.index("at 12000 steps")
+    # NFDM − VP at 3000 steps, paired by seed: per-seed differences −0.01 ± 0.
+    assert "| eight_gaussians | VP (vdm) | -0.010 ± 0.000 | -0.010 ± 0.000 |" in md
+    assert "| eight_gaussians | NFDM :frozen | -0.050 ± 0.000 |" in md
+    assert "| eight_gaussians | VP (vdm) | -0.040 ± 0.000 |" in md
+    (tmp_path / "results.json").write_text(json.dumps({"commands": ["old"]}))
+    fr.save(res, str(tmp_path))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["commands"] == ["c", "old"]
+    assert (tmp_path / "results.md").read_text() == md.replace("`c`.", "`c`; `old`.")

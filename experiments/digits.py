@@ -41,8 +41,10 @@ Against the baselines on the same U-Net and features (``reports/fidelity/results
 image, 2 seeds, 2000 steps): NFDM 1.974 ± 0.005, ``:frozen`` 1.998 ± 0.017, ``:vdm``
 2.000 ± 0.023, ``:vdm_learned`` 1.999 ± 0.024 bits/dim; paired by seed NFDM is
 0.026 ± 0.018 below ``:vdm`` and 0.023 ± 0.011 below ``:frozen``. ``:flow_matching``
-(dequantized convention, not comparable) 5.2 ± 0.5. At 6 000 steps (``:vdm`` at NFDM's
-2 000-step wall-clock time on a CPU) NFDM 1.834 ± 0.001, ``:vdm`` 1.822 ± 0.011.
+(dequantized convention, not comparable) 5.2 ± 0.5. Trained longer VDM catches up and
+leads: at 6 000 steps (``:vdm`` at NFDM's 2 000-step wall-clock time on a CPU) NFDM
+1.834 ± 0.001, ``:vdm`` 1.822 ± 0.011; at 12 000 steps NFDM 1.786 (seed 0), ``:vdm``
+1.773 ± 0.017 (seed 0: 1.756), still improving.
 Expected: test BPD ≈ 2.0 at step 2000.
 """
 from experiments import common

@@ -61,8 +61,13 @@ of ``jax[tpu]``), whose memory analysis is the accelerator's own (float32, batch
     VDM                         20.16   1       7.58       1
     NFDM, none                  40.72   2.019   19.09      2.52
     NFDM, elementwise           40.74   2.021   20.85      2.75
+    bf16: VDM                   20.18   1       7.42       1
+    bf16: NFDM, none            40.75   2.020   19.50      2.63
 The TPU compiler keeps a quarter of XLA:CPU's temporaries for the same program, and there
-"elementwise" remat costs memory instead of saving it, so "none" stays the default.
+"elementwise" remat costs memory instead of saving it, so "none" stays the default. bf16
+compute (``--config.net.dtype=bfloat16``) does not shrink the TPU's temporaries (the float32
+rows come from a one-off script around the same ``Step``; the bf16 rows from the flag itself;
+JSON in ``benchmarks/results/``).
 
 Compute dtype: float32 by default; ``--config.net.dtype=bfloat16`` did not change the test
 BPD of the digits config (5.79 vs 5.74 at step 600), so use it on GPUs/TPUs

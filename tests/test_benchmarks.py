@@ -1,4 +1,9 @@
 """The train-step benchmark's cheap path: XLA cost analysis of the lowered step, no compile."""
+import importlib.util
+
+import jax
+import pytest
+
 from benchmarks import train_step
 from experiments import toy2d
 
@@ -18,11 +23,6 @@ def test_flop_count_and_ratio_table_without_compiling():
 
 
 def test_step_on_given_devices_and_a_clear_error_without_libtpu():
-    import importlib.util
-
-    import jax
-    import pytest
-
     devices = jax.devices()[:1]
     row = train_step.benchmark(toy2d.get_config("tiny"), "flops", None, 0.0, 1, devices)
     assert row["device"] == f"1x {devices[0].device_kind}"

@@ -403,9 +403,7 @@ def digits_summary(runs: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]
         groups.setdefault((r["variant"], r["steps"]), []).append(r)
     out = {}
     for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        v = np.array([r["bpd"] for r in rs])
-        se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-        out[key] = {"mean": float(v.mean()), "se": se, "runs": rs,
+        out[key] = {**seed_stats([r["bpd"] for r in rs]), "runs": rs,
                     "seconds": float(np.mean([r["train_seconds"] for r in rs
                                               if r["train_seconds"] is not None] or [np.nan]))}
     return out
@@ -413,16 +411,17 @@ def digits_summary(runs: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]
 
 # --------------------------------------------------------------------------- output
 
-def _fmt(r: dict[str, Any]) -> str:
-    return f"{r['mean']:.3f} ± {r['se']:.3f}"
+def _fmt(r: dict[str, Any], sign: str = "") -> str:
+    """A :func:`seed_stats` record as "mean ± s.e.", or "mean (1 seed)" without an s.e."""
+    if len(r["per_seed"]) < 2:
+        return f"{r['mean']:{sign}.3f} (1 seed)"
+    return f"{r['mean']:{sign}.3f} ± {r['se']:.3f}"
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> str:
     """a − b, paired by seed (seed i of every model is evaluated on the same points and
     keys): mean ± s.e. of the per-seed differences."""
-    d = np.subtract(a["per_seed"], b["per_seed"])
-    se = d.std(ddof=1) / math.sqrt(d.size) if d.size > 1 else float("nan")
-    return f"{d.mean():+.3f} ± {se:.3f}"
+    return _fmt(seed_stats(list(np.subtract(a["per_seed"], b["per_seed"]))), "+")
 
 
 def _by_steps(section: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -522,7 +521,7 @@ def markdown(res: dict[str, Any]) -> str:
         for (variant, steps), g in summary.items():
             per_seed = "; ".join(f"{r['bpd']:.3f} ± {r['bpd_stderr']:.3f}" for r in
                                  sorted(g["runs"], key=lambda r: r["seed"]))
-            lines.append(f"| {variant} | {steps} | {g['mean']:.3f} ± {g['se']:.3f} | "
+            lines.append(f"| {variant} | {steps} | {_fmt(g)} | "
                          f"{per_seed} | {g['seconds']:.0f} |")
         lines += ["\nPaired by seed (same data order and test keys), NFDM at each step count "
                   "minus each other variant at the same steps; negative: NFDM better.\n",
@@ -533,12 +532,10 @@ def markdown(res: dict[str, Any]) -> str:
             if variant == "nfdm" or ref is None:
                 continue
             ours = {r["seed"]: r["bpd"] for r in ref["runs"]}
-            d = np.array([ours[r["seed"]] - r["bpd"] for r in g["runs"] if r["seed"] in ours])
-            if len(d) == 0:
-                continue
-            se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-            lines.append(f"| {steps} | {variant} | {d.mean():+.3f} ± {se:.3f} | "
-                         + "; ".join(f"{v:+.3f}" for v in d) + " |")
+            d = [ours[r["seed"]] - r["bpd"] for r in g["runs"] if r["seed"] in ours]
+            if d:
+                lines.append(f"| {steps} | {variant} | {_fmt(seed_stats(d), '+')} | "
+                             + "; ".join(f"{v:+.3f}" for v in d) + " |")
         profiled = [r for r in res["digits"].values() if "diff_profile" in r]
         if profiled:
             steps = _most_profiled_steps(profiled)

@@ -65,3 +65,18 @@ def test_markdown_tables_per_step_count_with_differences_to_nfdm(tmp_path) -> No
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["commands"] == ["c", "old"]
     assert (tmp_path / "results.md").read_text() == md.replace("`c`.", "`c`; `old`.")
+
+
+def test_digits_tables_pair_by_seed_and_mark_single_seeds() -> None:
+    def run(variant: str, steps: int, seed: int, bpd: float) -> dict:
+        return {"variant": variant, "steps": steps, "seed": seed, "bpd": bpd,
+                "bpd_stderr": 0.04, "train_seconds": 100.0}
+    runs = {f"{v}_{n}_{i}": run(v, n, i, b) for v, n, i, b in [
+        ("nfdm", 12000, 0, 1.79), ("nfdm", 12000, 1, 1.80), ("vdm", 12000, 0, 1.75),
+        ("vdm", 12000, 1, 1.79), ("nfdm", 24000, 0, 1.70), ("vdm", 24000, 0, 1.74)]}
+    md = fr.markdown({"settings": {}, "commands": ["c"], "digits": runs})
+    assert "| vdm | 12000 | 1.770 ± 0.020 | 1.750 ± 0.040; 1.790 ± 0.040 | 100 |" in md
+    assert "| nfdm | 24000 | 1.700 (1 seed) |" in md
+    # NFDM − VDM per seed at 12 000 steps: +0.04, +0.01.
+    assert "| 12000 | vdm | +0.025 ± 0.015 | +0.040; +0.010 |" in md
+    assert "| 24000 | vdm | -0.040 (1 seed) | -0.040 |" in md

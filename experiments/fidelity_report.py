@@ -3,7 +3,7 @@
 Run::
 
     python -m experiments.fidelity_report --out=reports/fidelity \\
-        [--sections=likelihood,nfe,ablation,digits] [--steps=3000] [--seeds=3] [--quick]
+        [--sections=likelihood,nfe,ablation,digits,conditioning] [--steps=3000] [--seeds=3] [--quick]
 
 Writes ``results.json`` (after every section, so a partial run keeps what it measured),
 ``results.md`` and figures into ``--out``.
@@ -45,6 +45,13 @@ input features) through ``experiments.run``'s train loop (``nfdm_jax.train.loop`
 step counts of ``--digits_steps``, ``--digits_seeds`` seeds each: test BPD of the EMA
 parameters with K = 16 t-samples per test image, mean ± s.e. over seeds, NFDM minus each
 variant paired by seed, and the seed-0 models' per-t profile of L_diff on the test split.
+
+*Conditioning* (section ``conditioning``): for the seed-0 digits runs of ``--digits_steps``
+× ``--digits_variants`` that finished (nothing is trained), how far the learned forward
+process has moved from the untrained one that fixes the ``edm`` scalings
+(:func:`conditioning_stats`): mean σ(t) of both over the test images, and the std of the
+predictor network's input c_in (z − E z) and of its regression target (x − x̂_linear) / c_out
+with z drawn from the model's own process (1 and 1 for Gaussian data at the untrained one).
 """
 from __future__ import annotations
 
@@ -65,7 +72,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments import digits, report_lib as lib, toy2d, toy2d_ot
-from nfdm_jax import losses, sampling
+from nfdm_jax import drifts, losses, sampling
 from nfdm_jax.metrics.sample_distances import sliced_wasserstein
 from nfdm_jax.models import Model, Params
 from nfdm_jax.train import optimizer as optim
@@ -319,7 +326,6 @@ def digits_profile(config: ml_collections.ConfigDict, workdir: str, ts: np.ndarr
                    num_eps: int = 4) -> list[float]:
     """Mean L_diff integrand (nats per test image per unit t) of the latest checkpoint's EMA
     parameters at each t of ``ts``, averaged over the test split and ``num_eps`` draws of ε."""
-    from nfdm_jax import losses
     from nfdm_jax.train import loop
 
     def profile(exp: Any, params: Any, step: int) -> list[float]:
@@ -341,6 +347,71 @@ def digits_profile(config: ml_collections.ConfigDict, workdir: str, ts: np.ndarr
     return loop.from_latest(config, workdir, "profile", profile)
 
 
+def digits_run(variant: str, steps: int, seed: int,
+               s: Settings) -> tuple[ml_collections.ConfigDict, str]:
+    """The config and workdir name of one digits run (``variant`` "" is NFDM itself)."""
+    c = digits.get_config(variant)
+    c.unlock()
+    c.seed = seed
+    c.train.num_steps, c.train.eval_every = steps, 0
+    c.train.checkpoint_every = steps
+    c.train.eval_t_samples = s.digits_eval_t_samples
+    c.sample.eval_nfe = ()  # test BPD only: no sample-quality pass
+    c.lock()
+    return c, f"{variant or 'nfdm'}_steps{steps}_seed{seed}"
+
+
+def conditioning_stats(model: Model, params: Params, x: jax.Array, ts: np.ndarray,
+                       key: jax.Array) -> dict[str, list[float]]:
+    """At each t of ``ts``: the mean σ(t) over ``x`` ``[N, *D]`` of the model's forward
+    process and of its ``edm`` base (the untrained process), and the std over x and one ε of
+    the predictor network's input c_in (z − E z) and regression target (x − x̂_linear) / c_out,
+    with z from the model's own process (:func:`drifts.edm_scalings`' quantities)."""
+    fwd, base = model.forward_fn(params), model.spec.base_process(model, params, None)
+    eps = jax.random.normal(key, x.shape)
+
+    @jax.jit
+    def at(t: jax.Array) -> jax.Array:
+        tt = jnp.full((x.shape[0],), t)
+        mu, log_sigma = fwd(x, tt)
+        z = mu + jnp.exp(log_sigma) * eps
+        c = drifts.edm_scalings(base, z, tt, model.data_mean, model.data_std)
+        linear = jnp.broadcast_to(jnp.asarray(model.data_mean, z.dtype), z.shape) + c.c_skip * (z - c.offset)
+        return jnp.stack([jnp.mean(jnp.exp(log_sigma)), jnp.mean(jnp.exp(base(x, tt)[1])),
+                          jnp.std(c.c_in * (z - c.offset)), jnp.std((x - linear) / c.c_out)])
+
+    rows = np.asarray([at(jnp.asarray(t)) for t in ts])
+    return {k: rows[:, i].tolist() for i, k in
+            enumerate(("sigma", "sigma_base", "input_std", "target_std"))}
+
+
+def conditioning_section(s: Settings, workroot: str) -> dict[str, Any]:
+    from nfdm_jax.train import loop
+
+    ts = np.array([0.1, 0.3, 0.5, 0.7, 0.8, 0.9])
+    out: dict[str, Any] = {}
+    for steps in s.digits_steps:
+        for variant in s.digits_variants:
+            c, name = digits_run(variant, steps, 0, s)
+            workdir = os.path.join(workroot, name)
+            if c.model.parameterization != "edm":
+                print(f"  conditioning/{name}: not an edm predictor, skipped")
+                continue
+            if not os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))):
+                print(f"  conditioning/{name}: no finished run in {workdir}, skipped")
+                continue
+
+            def probe(exp: Any, params: Any, step: int) -> dict[str, list[float]]:
+                source = exp.data.eval["x"]
+                x = exp.model.preprocess(
+                    jnp.asarray(source.take(np.arange(len(source)))["x"]), jax.random.key(0))
+                return conditioning_stats(exp.model, params, x, ts, jax.random.key(1))
+
+            out[name] = {"variant": variant or "nfdm", "steps": steps, "t": ts.tolist(),
+                         **loop.from_latest(c, workdir, "probe", probe)}
+    return out
+
+
 def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
     from nfdm_jax.train import loop
 
@@ -349,15 +420,7 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
     for steps in s.digits_steps:
         for variant in s.digits_variants:
             for seed in range(s.digits_seeds):
-                c = digits.get_config(variant)
-                c.unlock()
-                c.seed = seed
-                c.train.num_steps, c.train.eval_every = steps, 0
-                c.train.checkpoint_every = steps
-                c.train.eval_t_samples = s.digits_eval_t_samples
-                c.sample.eval_nfe = ()  # test BPD only: no sample-quality pass
-                c.lock()
-                name = f"{variant or 'nfdm'}_steps{steps}_seed{seed}"
+                c, name = digits_run(variant, steps, seed, s)
                 workdir = os.path.join(workroot, name)
                 # A run finished by an earlier invocation is not retrained: its time is
                 # None here, and save() keeps the one recorded then.
@@ -547,7 +610,28 @@ def markdown(res: dict[str, Any]) -> str:
             for i, t in enumerate(rows[0]["t"]):
                 lines.append(f"| {t:.3f} | " + " | ".join(f"{r['diff_profile'][i]:.2f}"
                                                           for r in rows) + " |")
+    if res.get("conditioning"):
+        lines += _conditioning_table(res["conditioning"])
     return "\n".join(lines) + "\n"
+
+
+def _conditioning_table(runs: dict[str, Any]) -> list[str]:
+    ts = next(iter(runs.values()))["t"]
+    lines = ["\n## The edm predictor's conditioning as the forward process learns "
+             "(digits test split, seed 0)\n",
+             "σ: mean forward σ(t) of the model / of the untrained process that fixes the edm "
+             "scalings. std: of the network's input c_in (z − E z) / of its regression target "
+             "(x − x̂_linear) / c_out, z from the model's own process (1 / 1 for Gaussian data "
+             "at the untrained process).\n",
+             "| run | | " + " | ".join(f"t = {t:g}" for t in ts) + " |",
+             "|---|---|" + "---|" * len(ts)]
+    for r in sorted(runs.values(), key=lambda r: (r["variant"], r["steps"])):
+        run = f"{r['variant']}, {r['steps']} steps"
+        lines.append(f"| {run} | σ | " + " | ".join(
+            f"{a:.4f} / {b:.4f}" for a, b in zip(r["sigma"], r["sigma_base"])) + " |")
+        lines.append(f"| {run} | std | " + " | ".join(
+            f"{a:.2f} / {b:.2f}" for a, b in zip(r["input_std"], r["target_std"])) + " |")
+    return lines
 
 
 def figures(res: dict[str, Any], out: str) -> None:
@@ -635,7 +719,7 @@ def render(out: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="reports/fidelity")
-    parser.add_argument("--sections", default="likelihood,nfe,ablation,digits",
+    parser.add_argument("--sections", default="likelihood,nfe,ablation,digits,conditioning",
                         help="comma-separated; empty: only rewrite results.md and the figures "
                              "from results.json")
     parser.add_argument("--steps", type=int, default=None)
@@ -700,6 +784,9 @@ def main(argv: list[str] | None = None) -> None:
         save(res, args.out)
     if "digits" in sections:
         res["digits"] = digits_section(s, args.digits_workdir)
+        save(res, args.out)
+    if "conditioning" in sections:
+        res["conditioning"] = conditioning_section(s, args.digits_workdir)
         save(res, args.out)
     print(f"[{time.perf_counter() - start:.0f} s] wrote {args.out}", flush=True)
 

@@ -80,3 +80,38 @@ def test_digits_tables_pair_by_seed_and_mark_single_seeds() -> None:
     # NFDM − VDM per seed at 12 000 steps: +0.04, +0.01.
     assert "| 12000 | vdm | +0.025 ± 0.015 | +0.040; +0.010 |" in md
     assert "| 24000 | vdm | -0.040 (1 seed) | -0.040 |" in md
+
+
+def test_conditioning_is_unit_at_the_untrained_process_and_moves_with_the_forward_net() -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments import toy2d
+    from nfdm_jax.models import Model
+
+    mean, std = np.array([0.5, -1.0]), np.array([2.0, 0.5])
+    x = jnp.asarray(mean + std * np.random.default_rng(0).standard_normal((4096, 2)), jnp.float32)
+    ts = np.array([0.2, 0.5, 0.9])
+    stats = {}
+    for variant in ("tiny,frozen", "tiny"):  # NFDM last: its network is inflated below
+        c = toy2d.get_config(variant)
+        c.unlock()
+        c.model.data_mean, c.model.data_std = tuple(mean), tuple(std)
+        model = Model(c, (2,))
+        params = model.init(jax.random.key(0), {"x": x[:8]})
+        stats[variant] = fr.conditioning_stats(model, params, x, ts, jax.random.key(1))
+        # The forward network's zero output layer: NFDM starts at its untrained process,
+        # where the edm scalings whiten the input and the target of Gaussian data.
+        np.testing.assert_allclose(stats[variant]["sigma"], stats[variant]["sigma_base"],
+                                   rtol=1e-6)
+        np.testing.assert_allclose(stats[variant]["input_std"], 1.0, atol=0.05)
+        np.testing.assert_allclose(stats[variant]["target_std"], 1.0, atol=0.05)
+    # A forward network that inflates σ (l̄ = 4 through its output bias: log σ up by
+    # 4 t (1 − t)) leaves the scalings behind: σ above the base, the target no longer unit.
+    bias = params["forward"]["mlp"]["out"]["bias"]
+    inflated = {**params, "forward": {"mlp": {**params["forward"]["mlp"], "out": {
+        **params["forward"]["mlp"]["out"], "bias": bias.at[2:].set(4.0)}}}}
+    moved = fr.conditioning_stats(model, inflated, x, ts, jax.random.key(1))
+    np.testing.assert_array_less(np.asarray(moved["sigma_base"]) * 1.4, moved["sigma"])
+    assert max(moved["target_std"]) > 1.5

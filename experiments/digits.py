@@ -45,7 +45,8 @@ image, 2 seeds, 2000 steps): NFDM 1.974 ± 0.005, ``:frozen`` 1.998 ± 0.017, ``
 leads: at 6 000 steps (``:vdm`` at NFDM's 2 000-step wall-clock time on a CPU) NFDM
 1.834 ± 0.001, ``:vdm`` 1.822 ± 0.011; at 12 000 steps NFDM 1.789 ± 0.003, ``:vdm``
 1.773 ± 0.017, ``:frozen`` 1.765 ± 0.010; at 24 000 steps ``:vdm`` 1.764 ± 0.020 (near its best:
-both train-test gaps open on 1 500 images) and NFDM 1.811 (seed 0), worse than at 12 000.
+both train-test gaps open on 1 500 images), ``:frozen`` 1.752 and NFDM 1.811 (seed 0), worse
+than at 12 000.
 As it learns, the forward process inflates σ(t) 5–10× above the untrained process that fixes
 the ``edm`` scalings, so they stop whitening the predictor (reports/fidelity/README.md).
 Expected: test BPD ≈ 2.0 at step 2000.

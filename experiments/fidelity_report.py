@@ -361,6 +361,10 @@ def digits_run(variant: str, steps: int, seed: int,
     return c, f"{variant or 'nfdm'}_steps{steps}_seed{seed}"
 
 
+def _finished(workdir: str, steps: int) -> bool:
+    return os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
+
+
 def conditioning_stats(model: Model, params: Params, x: jax.Array, ts: np.ndarray,
                        key: jax.Array) -> dict[str, list[float]]:
     """At each t of ``ts``: the mean σ(t) over ``x`` ``[N, *D]`` of the model's forward
@@ -369,6 +373,9 @@ def conditioning_stats(model: Model, params: Params, x: jax.Array, ts: np.ndarra
     with z from the model's own process (:func:`drifts.edm_scalings`' quantities)."""
     fwd, base = model.forward_fn(params), model.spec.base_process(model, params, None)
     eps = jax.random.normal(key, x.shape)
+    # The edm predictor with its network at 0 is the linear posterior mean.
+    linear_mean = drifts.edm_preconditioned(lambda h, t: jnp.zeros_like(x), base,
+                                            model.data_mean, model.data_std)
 
     @jax.jit
     def at(t: jax.Array) -> jax.Array:
@@ -376,7 +383,7 @@ def conditioning_stats(model: Model, params: Params, x: jax.Array, ts: np.ndarra
         mu, log_sigma = fwd(x, tt)
         z = mu + jnp.exp(log_sigma) * eps
         c = drifts.edm_scalings(base, z, tt, model.data_mean, model.data_std)
-        linear = jnp.broadcast_to(jnp.asarray(model.data_mean, z.dtype), z.shape) + c.c_skip * (z - c.offset)
+        linear = linear_mean(z, tt)
         return jnp.stack([jnp.mean(jnp.exp(log_sigma)), jnp.mean(jnp.exp(base(x, tt)[1])),
                           jnp.std(c.c_in * (z - c.offset)), jnp.std((x - linear) / c.c_out)])
 
@@ -397,7 +404,7 @@ def conditioning_section(s: Settings, workroot: str) -> dict[str, Any]:
             if c.model.parameterization != "edm":
                 print(f"  conditioning/{name}: not an edm predictor, skipped")
                 continue
-            if not os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))):
+            if not _finished(workdir, steps):
                 print(f"  conditioning/{name}: no finished run in {workdir}, skipped")
                 continue
 
@@ -424,7 +431,7 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
                 workdir = os.path.join(workroot, name)
                 # A run finished by an earlier invocation is not retrained: its time is
                 # None here, and save() keeps the one recorded then.
-                done = os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
+                done = _finished(workdir, steps)
                 start = time.perf_counter()
                 loop.train(c, workdir)
                 train_s = None if done else time.perf_counter() - start

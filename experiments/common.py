@@ -33,6 +33,10 @@ def base_config() -> ConfigDict:
     # experiment configs measure them from the training split (nfdm_jax.data.channel_stats).
     m.data_mean = config_dict.placeholder(tuple)
     m.data_std = config_dict.placeholder(tuple)
+    # 'edm' with a learned forward process: scale by its σ(t), tracked as an EMA over the
+    # training batches (nfdm_jax.noise_stats), not the untrained process's (issue #9).
+    m.edm_track_sigma = True
+    m.edm_track_decay = 0.999
     # Fourier features of the predictor's input (edm/eps, images): sin/cos(2ⁿ π ·) for n in
     # this tuple; 4 resolves 17 grey levels, 7 and 8 resolve 8-bit ones (drifts.fourier_features).
     m.fourier_exponents = ()
@@ -153,7 +157,8 @@ def apply_variants(c: ConfigDict, arg: str, variants: dict[str, Variant]) -> Con
 
 def model_variants() -> dict[str, Variant]:
     """Baselines on the same network and data: VDM, learned-γ VDM, flow matching, NFDM-OT,
-    and the frozen-process control."""
+    the frozen-process control, and NFDM with the edm scalings fixed at the untrained
+    process."""
 
     def vdm(c: ConfigDict) -> None:
         c.model.name, c.model.volatility, c.model.parameterization = "vdm", "vp_matching", "eps"
@@ -171,10 +176,15 @@ def model_variants() -> dict[str, Variant]:
         # and g at that process's matched volatility; isolates what learning q adds.
         c.model.name, c.model.volatility = "nfdm_frozen", "neural_matched"
 
+    def fixed_scalings(c: ConfigDict) -> None:
+        # NFDM with the edm scalings held at the untrained process (the default before
+        # they tracked the learned σ(t)): isolates what the tracking adds.
+        c.model.edm_track_sigma = False
+
     def ot(c: ConfigDict) -> None:
         c.model.name, c.model.volatility = "nfdm_ot", "zero"
         c.model.curvature_weight = 0.1
         c.sample.method, c.sample.steps = "ode", 12
 
     return {"vdm": vdm, "vdm_learned": vdm_learned, "flow_matching": flow_matching,
-            "frozen": frozen, "ot": ot}
+            "frozen": frozen, "fixed_scalings": fixed_scalings, "ot": ot}

@@ -370,19 +370,22 @@ def conditioning_stats(model: Model, params: Params, x: jax.Array, ts: np.ndarra
     """At each t of ``ts``: the mean σ(t) over ``x`` ``[N, *D]`` of the model's forward
     process and of its ``edm`` base (the untrained process), and the std over x and one ε of
     the predictor network's input c_in (z − E z) and regression target (x − x̂_linear) / c_out,
-    with z from the model's own process (:func:`drifts.edm_scalings`' quantities)."""
+    with z from the model's own process and the scalings the predictor uses (those of the
+    base, or of the tracked σ(t): :func:`drifts.edm_scalings`, :mod:`nfdm_jax.noise_stats`)."""
     fwd, base = model.forward_fn(params), model.spec.base_process(model, params, None)
+    ratio = model.noise_log_ratio_fn(params)
     eps = jax.random.normal(key, x.shape)
     # The edm predictor with its network at 0 is the linear posterior mean.
     linear_mean = drifts.edm_preconditioned(lambda h, t: jnp.zeros_like(x), base,
-                                            model.data_mean, model.data_std)
+                                            model.data_mean, model.data_std, (), ratio)
 
     @jax.jit
     def at(t: jax.Array) -> jax.Array:
         tt = jnp.full((x.shape[0],), t)
         mu, log_sigma = fwd(x, tt)
         z = mu + jnp.exp(log_sigma) * eps
-        c = drifts.edm_scalings(base, z, tt, model.data_mean, model.data_std)
+        c = drifts.edm_scalings(base, z, tt, model.data_mean, model.data_std,
+                                None if ratio is None else ratio(tt))
         linear = linear_mean(z, tt)
         return jnp.stack([jnp.mean(jnp.exp(log_sigma)), jnp.mean(jnp.exp(base(x, tt)[1])),
                           jnp.std(c.c_in * (z - c.offset)), jnp.std((x - linear) / c.c_out)])

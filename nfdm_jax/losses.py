@@ -92,7 +92,13 @@ def _diffusion_and_z(forward: ForwardFn, predictor: Predictor, volatility: Volat
     """:func:`diffusion_loss` ``[B]`` and the sample z_t it was evaluated at ``[B, *D]``."""
     chex.assert_equal_shape([x, eps])
     chex.assert_shape(t, (x.shape[0],))
-    m = marginal_and_velocity(forward, x, t)
+    return _diffusion_at(marginal_and_velocity(forward, x, t), forward, predictor, volatility,
+                         t, eps)
+
+
+def _diffusion_at(m: Marginal, forward: ForwardFn, predictor: Predictor, volatility: Volatility,
+                  t: Array, eps: Array) -> tuple[Array, Array]:
+    """:func:`_diffusion_and_z` given the forward marginal ``m`` at (x, t)."""
     z = sample_z(m, eps)
     m_hat = marginal_and_velocity(forward, predictor(z, t), t)
     g2 = volatility(t)
@@ -146,11 +152,22 @@ def reconstruction_loss(forward: ForwardFn, decoder_nll: DecoderNLL,
 def nelbo_terms(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
                 x: Array, t: Array, eps: Array, *, decoder_nll: DecoderNLL) -> NELBOTerms:
     """All NELBO terms at given times ``t`` ``[B]`` and noise ``eps`` ``[B, *D]``."""
-    return NELBOTerms(
-        diff=diffusion_loss(forward, predictor, volatility, x, t, eps),
-        rec=reconstruction_loss(forward, decoder_nll, x, eps),
-        prior=prior_loss(forward, x),
-    )
+    return nelbo_terms_and_marginal(forward, predictor, volatility, x, t, eps,
+                                    decoder_nll=decoder_nll)[0]
+
+
+def nelbo_terms_and_marginal(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
+                             x: Array, t: Array, eps: Array, *,
+                             decoder_nll: DecoderNLL) -> tuple[NELBOTerms, Marginal]:
+    """:func:`nelbo_terms` and the forward marginal q(z_t | x) that L_diff ran, so that
+    statistics of the process (e.g. :mod:`nfdm_jax.noise_stats`) cost no network call."""
+    chex.assert_equal_shape([x, eps])
+    chex.assert_shape(t, (x.shape[0],))
+    m = marginal_and_velocity(forward, x, t)
+    terms = NELBOTerms(diff=_diffusion_at(m, forward, predictor, volatility, t, eps)[0],
+                       rec=reconstruction_loss(forward, decoder_nll, x, eps),
+                       prior=prior_loss(forward, x))
+    return terms, m
 
 
 def nelbo(forward: ForwardFn, predictor: Predictor, volatility: Volatility,

@@ -1,10 +1,12 @@
 """Models from configs: Flax networks bound to the pure processes and losses of nfdm_jax.
 
 A :class:`Model` owns the Flax modules of one experiment and exposes pure functions of a
-parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts are ``{}``):
+parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts are ``{}``),
+plus ``"stats"`` (running statistics, not trained by gradients) for models that track them:
 
 * :meth:`Model.init` — parameters from a key and an example batch;
 * :meth:`Model.loss` — the training objective and its per-batch metrics;
+* :meth:`Model.loss_and_stats` — the same, and the running statistics after the batch;
 * :meth:`Model.per_example` — per-example objective terms, for evaluation;
 * accessors (:meth:`forward_fn`, :meth:`predictor_fn`, :meth:`volatility_fn`,
   :meth:`drift_fn`) returning the plain callables that samplers and likelihoods take.
@@ -27,7 +29,9 @@ flow_matching  straight path                   NELBO
 ============== =============================== =================================
 
 Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
-the default of the neural models; needs ``config.model.data_mean`` / ``data_std``),
+the default of the neural models; needs ``config.model.data_mean`` / ``data_std``; with a
+learned forward process trained on the NELBO its scalings follow the process's σ(t) as
+tracked by :mod:`noise_stats` unless ``config.model.edm_track_sigma`` is False),
 ``preconditioned`` (the paper's x̂ = (1 − t) z + (t + δ) NN), ``x`` (the network itself)
 and ``eps`` (VP models: :func:`drifts.eps_predictor`).
 
@@ -45,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from nfdm_jax import decoders, drifts, forward, losses, nets, schedules, volatility
+from nfdm_jax import decoders, drifts, forward, losses, nets, noise_stats, schedules, volatility
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -155,16 +159,22 @@ class Model:
                                if self.m.volatility == "learned" else None)
         if self.m.parameterization == "edm":
             self.data_mean, self.data_std = _data_stats(config, self.shape)
+        # The edm scalings follow a learned process's noise (issue #9: it grows 5–10×).
+        self.track_sigma = (self.m.parameterization == "edm" and self.spec.forward_net
+                            and self.spec.objective == "nelbo" and self.m.edm_track_sigma)
 
     # ---------------------------------------------------------------- parameters
 
     def init(self, key: Array, batch: Batch) -> Params:
-        """Parameters ``{"forward", "predictor", "volatility", "gamma"}`` for ``batch``'s shapes."""
+        """Parameters ``{"forward", "predictor", "volatility", "gamma"}`` for ``batch``'s
+        shapes, and ``"stats"`` if the model tracks its noise (``track_sigma``)."""
         kf, kp, kv, kg = jax.random.split(key, 4)
         x = self.preprocess(batch["x"], kf)
         t = jnp.full((x.shape[0],), 0.5, x.dtype)
         cond = self.condition(batch)
         params: Params = {"forward": {}, "predictor": {}, "volatility": {}, "gamma": {}}
+        if self.track_sigma:
+            params["stats"] = noise_stats.init()
         # The predictor's input carries 2 K features per channel (model.fourier_exponents).
         z_in = jnp.zeros(x.shape[:-1] + (x.shape[-1] * (1 + 2 * len(self.m.fourier_exponents)),))
         params["predictor"] = self.predictor_net.init(kp, z_in, t, cond)["params"]
@@ -235,12 +245,20 @@ class Model:
         if kind == "edm":
             base = self.spec.base_process(self, params, x1)
             return drifts.edm_preconditioned(net, base, self.data_mean, self.data_std,
-                                             tuple(self.m.fourier_exponents))
+                                             tuple(self.m.fourier_exponents),
+                                             self.noise_log_ratio_fn(params))
         if kind == "preconditioned":
             return drifts.preconditioned(net, self.m.delta)
         if kind == "eps":
             return drifts.eps_predictor(net, self.gamma_fn(params), tuple(self.m.fourier_exponents))
         return net
+
+    def noise_log_ratio_fn(self, params: Params) -> Optional[Callable[[Array], Array]]:
+        """``t -> log r(t)`` ``[B]``, the tracked noise of the learned process over its base
+        (:mod:`noise_stats`) that the ``edm`` scalings use; None when not tracked."""
+        if not self.track_sigma:
+            return None
+        return lambda t: noise_stats.log_ratio(params["stats"], t)
 
     def decoder_fn(self, params: Params) -> decoders.DecoderNLL:
         """−log p(x | z_0): width δ, or for VP models their schedule's σ_0 / α_0 on z_0 / α_0
@@ -286,8 +304,14 @@ class Model:
 
         ``"total"`` is in nats for likelihood models (``"bpd"`` is then a bound on the
         data's bits per dimension, Jacobian of the convention included) and in squared
-        velocity units for NFDM-OT (``"bpd"`` is then just ``total / (D ln 2)``).
+        velocity units for NFDM-OT (``"bpd"`` is then just ``total / (D ln 2)``). Models
+        that track their noise (``track_sigma``) add ``"noise_log_ratio"``, the example's
+        log(mean σ² / mean s²) against the base process at its t (:mod:`noise_stats`).
         """
+        return self._per_example_and_t(params, batch, key, train, dropout_key)[0]
+
+    def _per_example_and_t(self, params: Params, batch: Batch, key: Array, train: bool,
+                           dropout_key: Optional[Array]) -> tuple[dict[str, Array], Array]:
         kdata, kt = jax.random.split(key)
         x = self.preprocess(batch["x"], kdata)
         x1 = self.condition(batch)
@@ -310,12 +334,15 @@ class Model:
                                      vol, x, x1, t, eps, decoder_nll=self.decoder_fn(params),
                                      obstacle=obstacle, obstacle_weight=self.m.obstacle_weight)
         else:
-            terms = losses.nelbo_terms(fwd, pred, vol, x, t, eps,
-                                       decoder_nll=self.decoder_fn(params))
+            terms, marginal = losses.nelbo_terms_and_marginal(
+                fwd, pred, vol, x, t, eps, decoder_nll=self.decoder_fn(params))
         out = terms._asdict()
         out["total"] = terms.total
         out["bpd"] = losses.bits_per_dim(terms.total, self.dim, self.log_jacobian)
-        return out
+        if self.track_sigma:
+            _, log_s = self.spec.base_process(self, params, x1)(jnp.zeros_like(x), t)
+            out["noise_log_ratio"] = noise_stats.per_example_log_ratio(marginal.log_sigma, log_s)
+        return out, t
 
     def loss(self, params: Params, batch: Batch, key: Array, train: bool = False,
              dropout_key: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
@@ -325,10 +352,22 @@ class Model:
         models): per-dimension units keep the gradient scale, and hence the meaning of
         global-norm clipping at 1.0, independent of the resolution.
         """
-        terms = self.per_example(params, batch, key, train, dropout_key)
+        loss, (metrics, _) = self.loss_and_stats(params, batch, key, train, dropout_key)
+        return loss, metrics
+
+    def loss_and_stats(self, params: Params, batch: Batch, key: Array, train: bool = False,
+                       dropout_key: Optional[Array] = None
+                       ) -> tuple[Array, tuple[dict[str, Array], Params]]:
+        """:meth:`loss` and the running statistics updated with this batch: the new
+        ``params["stats"]`` (``{}`` when the model tracks none)."""
+        terms, t = self._per_example_and_t(params, batch, key, train, dropout_key)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
         metrics["loss"] = metrics["total"] / self.dim
-        return metrics["loss"], metrics
+        stats = {}
+        if self.track_sigma:
+            stats = noise_stats.update(params["stats"], t, terms["noise_log_ratio"],
+                                       self.m.edm_track_decay)
+        return metrics["loss"], (metrics, stats)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

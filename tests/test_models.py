@@ -39,7 +39,11 @@ def test_model_loss_and_accessors(name):
     if name == "nfbm":
         batch["x1"] = jax.random.normal(jax.random.PRNGKey(1), (8, 2)) + 3.0
     params = model.init(key, batch)
-    assert set(params) == {"forward", "predictor", "volatility", "gamma"}
+    # Only NFDM (learned q, NELBO, edm predictor) tracks its noise for the edm scalings;
+    # other models' parameter trees (and checkpoints) are as before it.
+    groups = {"forward", "predictor", "volatility", "gamma"}
+    assert set(params) == (groups | {"stats"} if name == "nfdm" else groups)
+    assert model.track_sigma == (name == "nfdm")
     assert bool(params["forward"]) == (name in ("nfdm", "nfdm_ot", "nfbm"))
     assert bool(params["forward"]) == MODELS[name].forward_net
     assert bool(params["gamma"]) == (name == "vdm_learned")

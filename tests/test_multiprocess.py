@@ -89,7 +89,8 @@ def test_two_processes_train_save_resume_agree(tmp_path):
 def test_sigterm_on_one_host_saves_the_same_step_on_both(tmp_path):
     """JAX's pre-emption service: SIGTERM to process 1 only; both stop at one agreed step."""
     address = f"localhost:{free_port()}"
-    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONFAULTHANDLER="1",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
     logs = [str(tmp_path / f"{pid}.log") for pid in range(2)]
     procs = [subprocess.Popen(
         [sys.executable, "-m", "experiments.run", "--config=experiments/toy2d.py:tiny",
@@ -104,8 +105,17 @@ def test_sigterm_on_one_host_saves_the_same_step_on_both(tmp_path):
         assert time.time() < deadline and procs[0].poll() is None, open(logs[0]).read()[-3000:]
         time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)
-    for proc, log in zip(procs, logs):
-        assert proc.wait(timeout=240) == 0, open(log).read()[-3000:]
+    try:
+        codes = [proc.wait(timeout=240) for proc in procs]
+    except subprocess.TimeoutExpired:  # A hang: every thread's Python stack goes to the log.
+        codes = None
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGABRT)
+                proc.wait(timeout=30)
+    tails = "\n".join(f"--- process {pid}:\n" + open(log).read()[-3000:]
+                      for pid, log in enumerate(logs))
+    assert codes == [0, 0], f"exit codes {codes}\n{tails}"
     saved = [re.findall(r"SIGTERM: saving step (\d+)", open(log).read()) for log in logs]
     assert len(saved[0]) == 1 and saved[0] == saved[1], saved
     assert os.listdir(tmp_path / "w" / "checkpoints") == saved[0]

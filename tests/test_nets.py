@@ -193,19 +193,30 @@ def _remat_count(net, x, t) -> int:
     return jaxpr.count("remat2[") + jaxpr.count("checkpoint[")  # the name varies with JAX
 
 
-def test_forward_remat_same_nfdm_loss_and_grads(tiny):
-    """Every `forward_remat` changes what the backward pass recomputes, not values: the NFDM
-    diffusion loss (the forward net under jax.jvp at x and at the prediction) and its
-    gradients equal those without remat. Eager, on the tiny preset without level-1
-    attention and with one width (fewer distinct ops to compile): four jitted steps would
-    take minutes to compile on a CPU."""
-    _, x, t, _ = tiny
+def _forward_nets_by_remat() -> dict:
+    """The forward net of the tiny preset without level-1 attention and with one width
+    (fewer distinct ops to compile), for every `forward_remat`."""
     spec = dataclasses.replace(PRESETS["tiny"], channel_mults=(1, 1), attention_resolutions=())
-    nets = {r: make_networks(spec, conv="xla", forward_remat=r)[1] for r in FORWARD_REMATS}
+    return {r: make_networks(spec, conv="xla", forward_remat=r)[1] for r in FORWARD_REMATS}
+
+
+def test_forward_remat_checkpoints_the_blocks_of_its_level(tiny):
+    _, x, t, _ = tiny
+    nets = _forward_nets_by_remat()
     counts = {r: _remat_count(nets[r], x, t) for r in FORWARD_REMATS}
     # 10 residual blocks and the middle attention; 5 at level 0: down0_0, down0_resample,
     # up0_0, up0_1 and up1_resample (whose convolutions run at level 0's size).
     assert counts == {"none": 0, "elementwise": 11, "blocks": 11, "outer": 5}, counts
+
+
+@pytest.mark.slow  # four eager U-Net jvp + grad passes: ~30 s on 2 cores
+def test_forward_remat_same_nfdm_loss_and_grads(tiny):
+    """Every `forward_remat` changes what the backward pass recomputes, not values: the NFDM
+    diffusion loss (the forward net under jax.jvp at x and at the prediction) and its
+    gradients equal those without remat. Eager: four jitted steps would take minutes to
+    compile on a CPU."""
+    _, x, t, _ = tiny
+    nets = _forward_nets_by_remat()
     params = {"forward": _random_params(nets["none"], x, t, seed=1),
               "scale": jnp.asarray([[[[0.9, 1.1, 0.8]]]])}
     eps = jnp.asarray(np.random.default_rng(2).standard_normal(x.shape), jnp.float32)

@@ -30,6 +30,11 @@ def test_global_clipping_shrinks_every_group_and_per_group_does_not():
     assert per["predictor"] > 500 * glob["predictor"]
 
 
+def test_running_statistics_are_not_trainable():
+    params = {g: {"w": jnp.ones(2)} for g in optim.GROUPS} | {"stats": {"sum": jnp.ones(3)}}
+    assert set(optim.trainable(params)) == set(optim.GROUPS)
+
+
 def test_unknown_clip_is_named():
     c = toy2d.get_config("tiny")
     c.unlock()

@@ -56,6 +56,16 @@ def test_sharded_matches_single_device(one_device, model_axis, toy_config,
     assert jitted._cache_size() == 1  # three dispatches, one compilation
 
 
+def test_train_step_folds_every_example_into_the_noise_statistics(one_device, toy_config):
+    """Each example adds weight 1 to the grid (rows of its interpolation weights sum to 1);
+    the statistics decay by edm_track_decay per step and are sharding-invariant above."""
+    c = toy_config(**SHARDING)
+    d, n = c.model.edm_track_decay, 3 * c.train.steps_per_dispatch
+    weight = one_device[1]["stats"]["weight"]
+    np.testing.assert_allclose(weight.sum(), c.train.batch_size * sum(d ** k for k in range(n)),
+                               rtol=1e-5)
+
+
 def test_parameters_are_sharded_over_model_axis(toy_config):
     exp = loop.setup(toy_config(**{"mesh.model": 2}), jax.devices())
     specs = [s.spec for s in jax.tree.leaves(exp.state_shardings.params)]
@@ -110,6 +120,24 @@ def test_incompatible_checkpoint_is_a_clear_error(three_steps, tmp_path, toy_con
     wider = toy_config(**{"train.num_steps": 6, "net.hidden": 48})
     with pytest.raises(CheckpointError, match="different config"):
         loop.train(wider, copy_of(three_steps, tmp_path), jax.devices()[:1])
+
+
+def test_checkpoint_of_another_tree_structure_is_a_config_error_and_stays(three_steps, tmp_path,
+                                                                          toy_config):
+    """Same leaves, another tree (e.g. an optimizer with an extra stateless stage): Orbax
+    refuses it; that is a different config, not corruption, so nothing is moved aside."""
+    import optax
+
+    workdir = copy_of(three_steps, tmp_path)
+    exp = loop.setup(toy_config(**{"train.num_steps": 3}), jax.devices()[:1])
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          exp.abstract_state, exp.state_shardings)
+    other = target.replace(opt_state=(target.opt_state, optax.EmptyState()))
+    ckpt = Checkpointer(workdir, 3)
+    with pytest.raises(CheckpointError, match="different config"):
+        ckpt.restore_latest(other)
+    ckpt.close()
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
 
 
 def test_no_verifiable_checkpoint_is_a_clear_error(three_steps, tmp_path, toy_config):

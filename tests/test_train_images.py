@@ -30,6 +30,7 @@ def cifar_run(tmp_path_factory):
     return config, workdir, state
 
 
+@pytest.mark.slow  # compiles the U-Net NFDM step and its evaluation: ~1-2 min on 2 cores
 def test_cifar_mock_train_eval_checkpoint(cifar_run):
     config, workdir, state = cifar_run
     assert int(state.step) == 4

@@ -126,8 +126,11 @@ class Checkpointer:
             raise ValueError(f"config.train.max_to_keep={max_to_keep!r} must be an integer >= 1")
         self.workdir = os.path.abspath(workdir) if "://" not in workdir else workdir
         self.directory = os.path.join(self.workdir, "checkpoints")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=async_save)
+        if jax.process_count() > 1:  # (exist_ok: every process may race to create it)
+            epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=jax.process_count() == 1,
+            enable_async_checkpointing=async_save, multiprocessing_options=_barriers())
         # Handlers named up front, so that item metadata can be read before restoring.
         handlers = {"state": ocp.StandardCheckpointHandler(),
                     "data": ocp.JsonCheckpointHandler(),
@@ -179,6 +182,10 @@ class Checkpointer:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
                 fingerprint=ocp.args.JsonRestore()))
+        except ValueError as e:
+            if "tree structures do not match" in str(e):  # e.g. another optimizer's state
+                raise _different_config(path, _first_line(e)) from e
+            raise CorruptCheckpoint(f"unreadable (ValueError: {_first_line(e)})") from e
         except Exception as e:  # Orbax/TensorStore raise many types for unreadable files.
             raise CorruptCheckpoint(f"unreadable ({type(e).__name__}: {_first_line(e)})") from e
         _verify(restored.state, restored.data, restored.fingerprint)
@@ -241,10 +248,7 @@ class Checkpointer:
             diff = sorted(set(saved.items()) ^ set(wanted.items()))
             detail = "; ".join(f"{k}: saved {saved.get(k, 'absent')}, expected "
                                f"{wanted.get(k, 'absent')}" for k, _ in diff[:4])
-            raise CheckpointError(
-                f"checkpoint {path} was written by a different config (model, network or "
-                f"optimizer): {detail}. Use the config it was trained with, or a fresh "
-                f"--workdir.")
+            raise _different_config(path, detail)
 
     def _move_aside(self, step: int) -> str:
         """Moves ``checkpoints/<step>`` to ``checkpoints_rejected/<step>[.n]`` (process 0)."""
@@ -261,6 +265,27 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"nfdm_reject_{step}")
         self.manager.reload()
         return str(dest)
+
+
+def _barriers() -> ocp.options.MultiprocessingOptions:
+    """Several processes: Orbax synchronises through the coordination service, not devices.
+
+    Orbax's default barrier is a device collective (``sync_global_devices``). Issued from
+    its background threads (async saves, directory creation), it can reach the devices
+    in a different order, relative to the train step's collectives, on each host, and
+    both hosts wait forever: seen about once in 25 runs of the two-process SIGTERM test
+    on CPU. Naming every process as active selects the coordination service's barriers,
+    which are safe from any thread; Orbax then leaves creating the folder to us.
+    """
+    if jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    return ocp.options.MultiprocessingOptions(active_processes=set(range(jax.process_count())))
+
+
+def _different_config(path: str, detail: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} was written by a different config (model, network or optimizer): "
+        f"{detail}. Use the config it was trained with, or a fresh --workdir.")
 
 
 def _agree(reason: Optional[str]) -> Optional[str]:

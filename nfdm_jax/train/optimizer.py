@@ -1,11 +1,19 @@
 """AdamW with warmup, a polynomial or constant schedule, global-norm clipping and
-per-group learning rates (forward / predictor / volatility / gamma)."""
+per-group learning rates (forward / predictor / volatility / gamma). Running statistics
+(the ``stats`` group) are not trained: :func:`trainable` drops them before the optimizer."""
 from __future__ import annotations
 
 import ml_collections
 import optax
 
 GROUPS = ("forward", "predictor", "volatility", "gamma")
+
+
+def trainable(params: dict) -> dict:
+    """The :data:`GROUPS` of ``params`` (or of its gradients): what the optimizer steps.
+    The rest (``"stats"``, :meth:`nfdm_jax.models.Model.loss_and_stats`) is set by the train
+    step itself, and keeping it out leaves the optimizer state of every model unchanged."""
+    return {g: params[g] for g in GROUPS}
 
 
 def learning_rate(o: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:

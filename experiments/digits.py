@@ -18,9 +18,10 @@ features), at whose period 2/16 (n = 4) every level has the same phase: test BPD
 step 2000 (K = 1; 2.11 at step 1000). The per-t profile (reports/fidelity) shows the small-t
 loss, where the levels are resolved, down to ~3 nats per image per unit t.
 
-Measured on an idle 2-core machine: 4 min 13 s wall in all with a cold compilation cache
-(26 s compiling the train step, 9.3 steps/s), test BPD 2.11 ± 0.15 at step 1000 and
-1.975 ± 0.146 at step 2000 (K = 1 t-sample per test image; ± the standard error over images). On CPU the U-Net's convolutions run as
+Measured on an idle 2-core machine: 4 min 5 s wall in all with a cold compilation cache
+(26 s compiling the train step, 9.6 steps/s), test BPD 2.10 ± 0.15 at step 1000 and
+1.956 ± 0.144 at step 2000 (K = 1 t-sample per test image; ± the standard error over
+images). On CPU the U-Net's convolutions run as
 matmuls (``net.conv = "auto"``): XLA's CPU convolutions spent 90 % of the step in 341 small
 convolutions (0.44 → 3.5 steps/s on a loaded VM).
 Compute stays float32 (``net.dtype``): ``--config.net.dtype=bfloat16`` reached the same
@@ -47,8 +48,13 @@ leads: at 6 000 steps (``:vdm`` at NFDM's 2 000-step wall-clock time on a CPU) N
 1.773 ± 0.017, ``:frozen`` 1.765 ± 0.010; at 24 000 steps ``:vdm`` 1.764 ± 0.020 (near its best:
 both train-test gaps open on 1 500 images), ``:frozen`` 1.752 and NFDM 1.811 (seed 0), worse
 than at 12 000.
-As it learns, the forward process inflates σ(t) 5–10× above the untrained process that fixes
-the ``edm`` scalings, so they stop whitening the predictor (reports/fidelity/README.md).
+(These NFDM numbers are with the ``edm`` scalings fixed at the untrained process, now the
+``:fixed_scalings`` variant.) As it learns, the forward process inflates σ(t) 5–10× above
+that process, so fixed scalings stop whitening the predictor. The default now scales by the
+tracked σ(t) (``nfdm_jax.noise_stats``), which whitens it again (target std 1.0–1.1 at
+12 000 steps), but the test BPD at 12 000 steps did not improve: NFDM 1.788 ± 0.009 against
+``:fixed_scalings`` 1.789 ± 0.003, ``:frozen`` 1.765 ± 0.010 and ``:vdm`` 1.773 ± 0.017, over 2
+seeds (reports/fidelity/README.md).
 Expected: test BPD ≈ 2.0 at step 2000.
 """
 from experiments import common

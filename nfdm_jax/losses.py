@@ -87,23 +87,18 @@ def sample_z(m: Marginal, eps: Array) -> Array:
     return m.mu + m.sigma * eps
 
 
-def _diffusion_and_z(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
-                     x: Array, t: Array, eps: Array) -> tuple[Array, Array]:
-    """:func:`diffusion_loss` ``[B]`` and the sample z_t it was evaluated at ``[B, *D]``."""
+def _diffusion(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
+               x: Array, t: Array, eps: Array) -> tuple[Array, Marginal, Array]:
+    """:func:`diffusion_loss` ``[B]``, the forward marginal at (x, t) and the sample z_t
+    ``[B, *D]`` it was evaluated at."""
     chex.assert_equal_shape([x, eps])
     chex.assert_shape(t, (x.shape[0],))
-    return _diffusion_at(marginal_and_velocity(forward, x, t), forward, predictor, volatility,
-                         t, eps)
-
-
-def _diffusion_at(m: Marginal, forward: ForwardFn, predictor: Predictor, volatility: Volatility,
-                  t: Array, eps: Array) -> tuple[Array, Array]:
-    """:func:`_diffusion_and_z` given the forward marginal ``m`` at (x, t)."""
+    m = marginal_and_velocity(forward, x, t)
     z = sample_z(m, eps)
     m_hat = marginal_and_velocity(forward, predictor(z, t), t)
     g2 = volatility(t)
     diff = reverse_drift_difference(m, m_hat, z, g2)
-    return sum_per_example(jnp.square(diff)) / (2.0 * g2), z
+    return sum_per_example(jnp.square(diff)) / (2.0 * g2), m, z
 
 
 def diffusion_loss(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
@@ -118,7 +113,7 @@ def diffusion_loss(forward: ForwardFn, predictor: Predictor, volatility: Volatil
       volatility: ``volatility(t) -> g2``; must be positive.
       x: data ``[B, *D]``; t: ``[B]``; eps: noise ``[B, *D]``.
     """
-    return _diffusion_and_z(forward, predictor, volatility, x, t, eps)[0]
+    return _diffusion(forward, predictor, volatility, x, t, eps)[0]
 
 
 def prior_loss(forward: ForwardFn, x: Array) -> Array:
@@ -161,11 +156,8 @@ def nelbo_terms_and_marginal(forward: ForwardFn, predictor: Predictor, volatilit
                              decoder_nll: DecoderNLL) -> tuple[NELBOTerms, Marginal]:
     """:func:`nelbo_terms` and the forward marginal q(z_t | x) that L_diff ran, so that
     statistics of the process (e.g. :mod:`nfdm_jax.noise_stats`) cost no network call."""
-    chex.assert_equal_shape([x, eps])
-    chex.assert_shape(t, (x.shape[0],))
-    m = marginal_and_velocity(forward, x, t)
-    terms = NELBOTerms(diff=_diffusion_at(m, forward, predictor, volatility, t, eps)[0],
-                       rec=reconstruction_loss(forward, decoder_nll, x, eps),
+    diff, m, _ = _diffusion(forward, predictor, volatility, x, t, eps)
+    terms = NELBOTerms(diff=diff, rec=reconstruction_loss(forward, decoder_nll, x, eps),
                        prior=prior_loss(forward, x))
     return terms, m
 
@@ -249,7 +241,7 @@ def nfbm_loss(bridge: Callable[[Array, Array, Array], tuple[Array, Array]],
     # Closing over x1 keeps the bridge's pinned ends (closed-form L_rec at t = 0).
     forward = with_pinned_ends(lambda x, tt: bridge(x, x1, tt), pinned_ends(bridge))
     pred = lambda z, tt: predictor(z, tt, x1)  # noqa: E731
-    diff, z = _diffusion_and_z(forward, pred, volatility, x0, t, eps)
+    diff, _, z = _diffusion(forward, pred, volatility, x0, t, eps)
     rec = reconstruction_loss(forward, decoder_nll, x0, eps)
     if obstacle is None or obstacle_weight == 0.0:
         return BridgeTerms(diff, rec, jnp.zeros_like(diff))

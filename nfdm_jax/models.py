@@ -409,6 +409,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.gamma={m.gamma!r}; choose 'linear' or 'cosine'")
     if not 0.0 < m.delta < 1.0:
         raise ValueError(f"config.model.delta={m.delta} must lie in (0, 1)")
+    if not 0.0 <= m.edm_track_decay < 1.0:
+        raise ValueError(f"config.model.edm_track_decay={m.edm_track_decay} must lie in [0, 1) "
+                         "(the weight of the past per step; 0.999 averages ~1 000 steps)")
 
 
 def _data_stats(config: ml_collections.ConfigDict,

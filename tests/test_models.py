@@ -70,6 +70,8 @@ def test_invalid_combinations_are_named():
         Model(config_for({"model.volatility": "vp_matching"}), (2,))
     with pytest.raises(ValueError, match="model.name='bogus'"):
         Model(config_for({"model.name": "bogus"}), (2,))
+    with pytest.raises(ValueError, match="edm_track_decay=1.0 must lie in"):
+        Model(config_for({"model.edm_track_decay": 1.0}), (2,))
 
 
 def test_forward_network_time_scale_comes_from_the_config():

@@ -37,6 +37,7 @@ def base_config() -> ConfigDict:
     # training batches (nfdm_jax.noise_stats), not the untrained process's (issue #9).
     m.edm_track_sigma = True
     m.edm_track_decay = 0.999
+    m.edm_noise_time = False       # with edm_track_sigma: the predictor sees the noise's time
     # Fourier features of the predictor's input (edm/eps, images): sin/cos(2ⁿ π ·) for n in
     # this tuple; 4 resolves 17 grey levels, 7 and 8 resolve 8-bit ones (drifts.fourier_features).
     m.fourier_exponents = ()
@@ -184,10 +185,16 @@ def model_variants() -> dict[str, Variant]:
         # they tracked the learned σ(t)): isolates what the tracking adds.
         c.model.edm_track_sigma = False
 
+    def noise_time(c: ConfigDict) -> None:
+        # The predictor's time input follows the tracked σ (EDM's c_noise), so that the
+        # learned process's growing noise is no moving target for it.
+        c.model.edm_noise_time = True
+
     def ot(c: ConfigDict) -> None:
         c.model.name, c.model.volatility = "nfdm_ot", "zero"
         c.model.curvature_weight = 0.1
         c.sample.method, c.sample.steps = "ode", 12
 
     return {"vdm": vdm, "vdm_learned": vdm_learned, "flow_matching": flow_matching,
-            "frozen": frozen, "fixed_scalings": fixed_scalings, "ot": ot}
+            "frozen": frozen, "fixed_scalings": fixed_scalings, "noise_time": noise_time,
+            "ot": ot}

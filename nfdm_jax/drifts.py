@@ -119,7 +119,8 @@ def _with_features(inputs: Array, at: Array, exponents: Sequence[int]) -> Array:
 def edm_preconditioned(net: Callable[[Array, Array], Array], base: ForwardFn,
                        data_mean: Array, data_std: Array,
                        fourier_exponents: Sequence[int] = (),
-                       noise_log_ratio: Optional[Callable[[Array], Array]] = None) -> Predictor:
+                       noise_log_ratio: Optional[Callable[[Array], Array]] = None,
+                       time_from_noise: bool = False) -> Predictor:
     """x̂(z, t) = m + c_skip (z − E z) + c_out net(c_in (z − E z), t) (EDM, Karras et al.).
 
     The scalings (:func:`edm_scalings`) come from the linear process ``base`` (for NFDM the
@@ -140,7 +141,14 @@ def edm_preconditioned(net: Callable[[Array, Array], Array], base: ForwardFn,
     ``noise_log_ratio(t) -> [B]``: the log variance ratio r(t) of the process being learned
     over ``base`` (e.g. :func:`nfdm_jax.noise_stats.log_ratio`), so that the scalings follow
     a process whose noise has moved; None keeps them at ``base``.
+
+    ``time_from_noise`` (needs ``noise_log_ratio``): the network is given, instead of t, the
+    time at which ``base``'s noise equals the learned process's (:func:`noise_time`), EDM's
+    c_noise = f(σ) in the units of t: as σ(t) grows during training, the network keeps
+    seeing each noise level under the time it learned it at.
     """
+    if time_from_noise and noise_log_ratio is None:
+        raise ValueError("time_from_noise needs noise_log_ratio (the noise it reads t from)")
     mean, std = jnp.asarray(data_mean, jnp.float32), jnp.asarray(data_std, jnp.float32)
 
     def predictor(z: Array, t: Array) -> Array:
@@ -149,9 +157,23 @@ def edm_preconditioned(net: Callable[[Array, Array], Array], base: ForwardFn,
         centred = z - c.offset
         linear = jnp.broadcast_to(mean, z.shape) + c.c_skip * centred
         inputs = _with_features(c.c_in * centred, linear, fourier_exponents)
-        return linear + c.c_out * net(inputs, t)
+        t_net = noise_time(base, z, t, ratio) if time_from_noise else t
+        return linear + c.c_out * net(inputs, t_net)
 
     return predictor
+
+
+def noise_time(base: ForwardFn, z: Array, t: Array, noise_log_ratio: Array) -> Array:
+    """The time τ ``[B]`` at which ``base``'s noise s equals √r · s(t), r = e^``noise_log_ratio``.
+
+    Exact when log s is affine in t, as for NFDM's untrained process (log s = (1 − t) log δ):
+    τ = t + ½ log r / (log s(1) − log s(0)), averaged over ``z``'s non-batch axes. τ leaves
+    [0, 1] where the learned noise exceeds the base's range.
+    """
+    zeros = jnp.zeros_like(z)
+    rise = base(zeros, jnp.ones_like(t))[1] - base(zeros, jnp.zeros_like(t))[1]
+    rise = jnp.mean(jnp.reshape(rise, (rise.shape[0], -1)), axis=-1)
+    return t + 0.5 * noise_log_ratio / rise
 
 
 def eps_predictor(net: Callable[[Array, Array], Array], gamma: Schedule,

@@ -31,7 +31,8 @@ flow_matching  straight path                   NELBO
 Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
 the default of the neural models; needs ``config.model.data_mean`` / ``data_std``; with a
 learned forward process trained on the NELBO its scalings follow the process's σ(t) as
-tracked by :mod:`noise_stats` unless ``config.model.edm_track_sigma`` is False),
+tracked by :mod:`noise_stats` unless ``config.model.edm_track_sigma`` is False; with
+``config.model.edm_noise_time`` the network's time input is read from that noise too),
 ``preconditioned`` (the paper's x̂ = (1 − t) z + (t + δ) NN), ``x`` (the network itself)
 and ``eps`` (VP models: :func:`drifts.eps_predictor`).
 
@@ -160,8 +161,7 @@ class Model:
         if self.m.parameterization == "edm":
             self.data_mean, self.data_std = _data_stats(config, self.shape)
         # The edm scalings follow a learned process's noise (issue #9: it grows 5–10×).
-        self.track_sigma = (self.m.parameterization == "edm" and self.spec.forward_net
-                            and self.spec.objective == "nelbo" and self.m.edm_track_sigma)
+        self.track_sigma = _tracks_sigma(self.m, self.spec)
 
     # ---------------------------------------------------------------- parameters
 
@@ -246,7 +246,8 @@ class Model:
             base = self.spec.base_process(self, params, x1)
             return drifts.edm_preconditioned(net, base, self.data_mean, self.data_std,
                                              tuple(self.m.fourier_exponents),
-                                             self.noise_log_ratio_fn(params))
+                                             self.noise_log_ratio_fn(params),
+                                             self.track_sigma and self.m.edm_noise_time)
         if kind == "preconditioned":
             return drifts.preconditioned(net, self.m.delta)
         if kind == "eps":
@@ -412,6 +413,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= m.edm_track_decay < 1.0:
         raise ValueError(f"config.model.edm_track_decay={m.edm_track_decay} must lie in [0, 1) "
                          "(the weight of the past per step; 0.999 averages ~1 000 steps)")
+    if m.edm_noise_time and not _tracks_sigma(m, spec):
+        raise ValueError("config.model.edm_noise_time=True reads the predictor's time from the "
+                         "tracked noise: it needs parameterization='edm', edm_track_sigma=True "
+                         f"and a learned process on the NELBO (not model.name={m.name!r})")
+
+
+def _tracks_sigma(m: ml_collections.ConfigDict, spec: ModelSpec) -> bool:
+    """Whether the edm scalings follow the learned process's noise (:mod:`noise_stats`)."""
+    return bool(m.parameterization == "edm" and spec.forward_net and spec.objective == "nelbo"
+                and m.edm_track_sigma)
 
 
 def _data_stats(config: ml_collections.ConfigDict,

@@ -72,6 +72,11 @@ def test_invalid_combinations_are_named():
         Model(config_for({"model.name": "bogus"}), (2,))
     with pytest.raises(ValueError, match="edm_track_decay=1.0 must lie in"):
         Model(config_for({"model.edm_track_decay": 1.0}), (2,))
+    with pytest.raises(ValueError, match="edm_noise_time=True .*model.name='vdm'"):
+        Model(config_for({"model.edm_noise_time": True, "model.name": "vdm",
+                          "model.volatility": "vp_matching"}), (2,))
+    with pytest.raises(ValueError, match="edm_noise_time=True"):
+        Model(config_for({"model.edm_noise_time": True, "model.edm_track_sigma": False}), (2,))
 
 
 def test_forward_network_time_scale_comes_from_the_config():

@@ -59,6 +59,60 @@ def test_edm_scalings_with_a_ratio_are_those_of_the_base_with_noise_scaled():
         np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
+def test_noise_time_is_where_the_base_has_the_learned_noise():
+    delta = 0.01
+    base = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)), delta)
+    z, t, log_r = jnp.ones((3, 2)), jnp.array([0.2, 0.5, 0.8]), jnp.array([0.0, 1.0, -0.7])
+    tau = drifts.noise_time(base, z, t, log_r)
+    np.testing.assert_allclose(base(z, tau)[1], base(z, t)[1] + 0.5 * log_r[:, None], rtol=1e-6)
+    # log s = (1 − t) log δ: a noise √e times the base's sits ½ / log(1/δ) later.
+    np.testing.assert_allclose(tau[1], 0.5 + 0.5 / np.log(1 / delta), rtol=1e-6)
+
+
+def test_edm_network_sees_the_noise_time_only_when_asked():
+    base = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)), 0.01)
+    z, t = jnp.ones((2, 3)), jnp.array([0.3, 0.6])
+    seen = []
+
+    def net(inputs, t_in):
+        seen.append(t_in)
+        return jnp.zeros_like(inputs)
+
+    ratio = lambda tt: jnp.full_like(tt, 2.0)  # noqa: E731
+    for flag in (False, True):
+        drifts.edm_preconditioned(net, base, 0.0, 1.0, noise_log_ratio=ratio,
+                                  time_from_noise=flag)(z, t)
+    np.testing.assert_array_equal(seen[0], t)
+    np.testing.assert_allclose(seen[1], drifts.noise_time(base, z, t, ratio(t)), rtol=1e-6)
+    assert float(jnp.min(seen[1] - t)) > 0.0
+    with pytest.raises(ValueError, match="needs noise_log_ratio"):
+        drifts.edm_preconditioned(net, base, 0.0, 1.0, time_from_noise=True)
+
+
+def test_nfdm_with_noise_time_reads_its_predictors_time_from_the_statistics():
+    x = jax.random.normal(jax.random.key(0), (16, 2))
+    models = {}
+    for flag in (False, True):
+        c = toy2d.get_config("tiny")
+        c.unlock()
+        c.model.edm_noise_time = flag
+        models[flag] = Model(c, (2,))
+    params = models[True].init(jax.random.key(1), {"x": x})
+    # Off the zero-initialised output layer, so that the network's time input matters.
+    leaves, tree = jax.tree.flatten(params["predictor"])
+    params["predictor"] = jax.tree.unflatten(tree, [
+        p + 0.1 * jax.random.normal(jax.random.key(i), p.shape) for i, p in enumerate(leaves)])
+    losses = {}
+    for inflated in (False, True):
+        if inflated:
+            params["stats"] = noise_stats.update(params["stats"], jnp.linspace(0, 1, 33),
+                                                 jnp.full((33,), 1.5), 0.0)
+        losses[inflated] = [float(models[f].loss(params, {"x": x}, jax.random.key(2))[0])
+                            for f in (False, True)]
+    assert losses[False][0] == losses[False][1]     # no noise moved: τ = t
+    assert np.isfinite(losses[True][1]) and losses[True][0] != losses[True][1]
+
+
 def test_tracked_scalings_restore_unit_conditioning_when_the_process_inflates_its_noise():
     """A forward network whose output bias adds 4 t (1 − t) to log σ leaves the untrained
     scalings behind; a few training batches' statistics put the predictor's input and

@@ -38,6 +38,7 @@ def base_config() -> ConfigDict:
     m.edm_track_sigma = True
     m.edm_track_decay = 0.999
     m.edm_noise_time = False       # with edm_track_sigma: the predictor sees the noise's time
+    m.forward_sigma = "learned"    # neural process: learned | base (only μ is learned)
     # Fourier features of the predictor's input (edm/eps, images): sin/cos(2ⁿ π ·) for n in
     # this tuple; 4 resolves 17 grey levels, 7 and 8 resolve 8-bit ones (drifts.fourier_features).
     m.fourier_exponents = ()
@@ -190,6 +191,11 @@ def model_variants() -> dict[str, Variant]:
         # learned process's growing noise is no moving target for it.
         c.model.edm_noise_time = True
 
+    def mean_only(c: ConfigDict) -> None:
+        # NFDM whose forward network sets only μ; σ(t) stays the untrained one's, which the
+        # learned process otherwise inflates 5–10× (issue #9).
+        c.model.forward_sigma = "base"
+
     def ot(c: ConfigDict) -> None:
         c.model.name, c.model.volatility = "nfdm_ot", "zero"
         c.model.curvature_weight = 0.1
@@ -197,4 +203,4 @@ def model_variants() -> dict[str, Variant]:
 
     return {"vdm": vdm, "vdm_learned": vdm_learned, "flow_matching": flow_matching,
             "frozen": frozen, "fixed_scalings": fixed_scalings, "noise_time": noise_time,
-            "ot": ot}
+            "mean_only": mean_only, "ot": ot}

@@ -28,6 +28,9 @@ vdm_learned    VP, learned monotone γ          NELBO
 flow_matching  straight path                   NELBO
 ============== =============================== =================================
 
+``config.model.forward_sigma='base'`` lets the neural process's network set only μ (σ stays
+the untrained process's), an ablation of what learning σ adds.
+
 Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
 the default of the neural models; needs ``config.model.data_mean`` / ``data_std``; with a
 learned forward process trained on the NELBO its scalings follow the process's σ(t) as
@@ -94,6 +97,13 @@ class ModelSpec:
 
 
 def _neural(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
+    if model.m.forward_sigma == "base":
+        # Only the mean is learned; log σ stays the untrained (1 − t) log δ.
+        def mean_only(x: Array, t: Array) -> tuple[Array, Array]:
+            m_bar = net(x, t, None)[0]
+            return m_bar, jnp.zeros_like(m_bar)
+
+        return forward.neural_forward(mean_only, model.m.delta)
     return forward.neural_forward(lambda x, t: net(x, t, None), model.m.delta)
 
 
@@ -413,6 +423,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= m.edm_track_decay < 1.0:
         raise ValueError(f"config.model.edm_track_decay={m.edm_track_decay} must lie in [0, 1) "
                          "(the weight of the past per step; 0.999 averages ~1 000 steps)")
+    if m.forward_sigma not in ("learned", "base"):
+        raise ValueError(f"config.model.forward_sigma={m.forward_sigma!r}; choose 'learned' "
+                         "(the forward network sets σ) or 'base' (σ of the untrained process)")
     if m.edm_noise_time and not _tracks_sigma(m, spec):
         raise ValueError("config.model.edm_noise_time=True reads the predictor's time from the "
                          "tracked noise: it needs parameterization='edm', edm_track_sigma=True "

@@ -63,6 +63,23 @@ def test_model_loss_and_accessors(name):
     assert model.drift_fn(params, x1)(batch["x"], t).shape == (8, 2)
 
 
+def test_forward_sigma_base_learns_only_the_mean():
+    x, t = jax.random.normal(jax.random.key(0), (8, 2)), jnp.full((8,), 0.4)
+    learned, base = (Model(config_for({"model.forward_sigma": v}), (2,)) for v in ("learned", "base"))
+    params = learned.init(jax.random.key(1), {"x": x})
+    # Off the zero-initialised output layer, so that the network moves both μ and σ.
+    leaves, tree = jax.tree.flatten(params["forward"])
+    params["forward"] = jax.tree.unflatten(tree, [
+        p + 0.1 * jax.random.normal(jax.random.key(i), p.shape) for i, p in enumerate(leaves)])
+    mu_l, ls_l = learned.forward_fn(params)(x, t)
+    mu_b, ls_b = base.forward_fn(params)(x, t)
+    np.testing.assert_array_equal(mu_b, mu_l)
+    np.testing.assert_allclose(ls_b, 0.6 * np.log(learned.m.delta), rtol=1e-6)
+    assert float(jnp.max(jnp.abs(ls_l - ls_b))) > 1e-3
+    with pytest.raises(ValueError, match="forward_sigma='fixed'"):
+        Model(config_for({"model.forward_sigma": "fixed"}), (2,))
+
+
 def test_invalid_combinations_are_named():
     with pytest.raises(ValueError, match="volatility='zero'"):
         Model(config_for({"model.volatility": "zero"}), (2,))

@@ -18,6 +18,8 @@ it prints one JSON line and, at the end, a table with:
   a shared machine measure the other jobs too;
 * ``achieved_tflops``, ``mfu``: FLOPs per step × steps/s, against ``--peak_tflops`` if given,
   else a matmul peak measured in this process (``peak_source`` says which);
+* ``gib_accessed_per_step``: XLA's count of bytes the compiled step reads and writes, which
+  bounds a bandwidth-limited backend's time (CPUs) as FLOPs bound a compute-limited one;
 * ``temp_gib``, ``args_gib``, ``out_gib``: the compiled step's own buffers from
   ``memory_analysis()`` (temporaries, arguments, outputs), not the process's RSS;
 * ``nfdm/vdm`` ratios of time, FLOPs and temporaries.
@@ -183,8 +185,11 @@ def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Opti
     compiled = lowered.compile()
     out["compile_s"] = lower_s + time.perf_counter() - start
     out["compile_cpu_s"] = time.process_time() - cpu
+    compiled_cost = _cost(compiled)
     if math.isnan(out["gflop_per_step"]):  # e.g. TPU: only the compiled program is costed
-        out["gflop_per_step"] = _cost(compiled).get("flops", float("nan")) / 1e9
+        out["gflop_per_step"] = compiled_cost.get("flops", float("nan")) / 1e9
+    # What bandwidth-bound backends (CPUs) pay for: a step's time follows it more than FLOPs.
+    out["gib_accessed_per_step"] = compiled_cost.get("bytes accessed", float("nan")) / GIB
     mem = compiled.memory_analysis()
     if mem is not None:
         out["temp_gib"] = mem.temp_size_in_bytes / GIB
@@ -218,7 +223,8 @@ def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Opti
     return out
 
 
-_COLUMNS = ("model", "batch", "dtype", "compile_s", "compile_cpu_s", "gflop_per_step", "steps_per_s",
+_COLUMNS = ("model", "batch", "dtype", "compile_s", "compile_cpu_s", "gflop_per_step",
+            "gib_accessed_per_step", "steps_per_s",
             "examples_per_s", "cpu_s_per_step", "achieved_tflops", "peak_tflops", "mfu",
             "temp_gib", "args_gib")
 
@@ -231,7 +237,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         (other,) = [r for r in rows if r["model"] != "vdm"]
         vdm = by_name["vdm"]
         ratio = {"model": f"{other['model']}/vdm"}
-        for k, inverse in (("gflop_per_step", False), ("temp_gib", False),
+        for k, inverse in (("gflop_per_step", False), ("gib_accessed_per_step", False),
+                           ("temp_gib", False),
                            ("steps_per_s", True), ("compile_s", False)):
             if k in other and k in vdm:
                 ratio[k] = vdm[k] / other[k] if inverse else other[k] / vdm[k]
@@ -290,6 +297,9 @@ def main(_) -> None:
     if len(rows) == 2:
         nf, vdm = rows
         msg = f"{nf['model']}/vdm: FLOPs ×{nf['gflop_per_step'] / vdm['gflop_per_step']:.3f}"
+        if "gib_accessed_per_step" in nf:
+            msg += (f", bytes accessed "
+                    f"×{nf['gib_accessed_per_step'] / vdm['gib_accessed_per_step']:.3f}")
         if "temp_gib" in nf:
             msg += f", temporaries ×{nf['temp_gib'] / vdm['temp_gib']:.3f}"
         if "steps_per_s" in nf:

@@ -22,6 +22,16 @@ def test_flop_count_and_ratio_table_without_compiling():
     assert "| nfdm/vdm |" in table and f"{ratio:.4g}" in table
 
 
+def test_memory_measure_compiles_and_reports_bytes_accessed_and_buffers():
+    config = toy2d.get_config("tiny")
+    nfdm, vdm = (train_step.benchmark(c, "memory", None, 0.0, 1)
+                 for c in (config, train_step.as_vdm(config)))
+    # The forward network's jvp reads and writes more than VDM's step does.
+    assert nfdm["gib_accessed_per_step"] > vdm["gib_accessed_per_step"] > 0
+    assert nfdm["temp_gib"] > 0 and "steps_per_s" not in nfdm  # 'memory' stops before running
+    assert "gib_accessed_per_step" in train_step.table([nfdm, vdm])
+
+
 def test_step_on_given_devices_and_a_clear_error_without_libtpu():
     devices = jax.devices()[:1]
     row = train_step.benchmark(toy2d.get_config("tiny"), "flops", None, 0.0, 1, devices)

@@ -54,7 +54,10 @@ that process, so fixed scalings stop whitening the predictor. The default now sc
 tracked σ(t) (``nfdm_jax.noise_stats``), which whitens it again (target std 1.0–1.1 at
 12 000 steps), but the test BPD at 12 000 steps did not improve: NFDM 1.788 ± 0.009 against
 ``:fixed_scalings`` 1.789 ± 0.003, ``:frozen`` 1.765 ± 0.010 and ``:vdm`` 1.773 ± 0.017, over 2
-seeds (reports/fidelity/README.md).
+seeds (reports/fidelity/README.md). The deficit comes with learning σ: ``:mean_only``
+(``model.forward_sigma = "base"``: the forward network sets only μ) scores 1.766 ± 0.013 at
+12 000 steps, level with ``:frozen`` and ``:vdm``, and NFDM at 24 000 steps is 1.788 (seed 0) against
+``:frozen`` 1.752 and ``:vdm`` 1.743 on the same seed.
 Expected: test BPD ≈ 2.0 at step 2000.
 """
 from experiments import common

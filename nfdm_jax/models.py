@@ -426,6 +426,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m.forward_sigma not in ("learned", "base"):
         raise ValueError(f"config.model.forward_sigma={m.forward_sigma!r}; choose 'learned' "
                          "(the forward network sets σ) or 'base' (σ of the untrained process)")
+    if m.forward_sigma == "base" and spec.forward is not _neural:
+        raise ValueError("config.model.forward_sigma='base' holds the neural process's σ: "
+                         f"only nfdm and nfdm_ot have one, not model.name={m.name!r}")
     if m.edm_noise_time and not _tracks_sigma(m, spec):
         raise ValueError("config.model.edm_noise_time=True reads the predictor's time from the "
                          "tracked noise: it needs parameterization='edm', edm_track_sigma=True "

@@ -78,6 +78,8 @@ def test_forward_sigma_base_learns_only_the_mean():
     assert float(jnp.max(jnp.abs(ls_l - ls_b))) > 1e-3
     with pytest.raises(ValueError, match="forward_sigma='fixed'"):
         Model(config_for({"model.forward_sigma": "fixed"}), (2,))
+    with pytest.raises(ValueError, match="not model.name='nfbm'"):
+        Model(config_for({**VARIANTS["nfbm"], "model.forward_sigma": "base"}), (2,))
 
 
 def test_invalid_combinations_are_named():

@@ -257,7 +257,7 @@ class Model:
             return drifts.edm_preconditioned(net, base, self.data_mean, self.data_std,
                                              tuple(self.m.fourier_exponents),
                                              self.noise_log_ratio_fn(params),
-                                             self.track_sigma and self.m.edm_noise_time)
+                                             self.m.edm_noise_time)  # validate: implies tracking
         if kind == "preconditioned":
             return drifts.preconditioned(net, self.m.delta)
         if kind == "eps":

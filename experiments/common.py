@@ -46,6 +46,13 @@ def base_config() -> ConfigDict:
     m.gamma_min = -13.3
     m.gamma_max = 5.0
     m.t_min = 0.0                  # clip t to [t_min, 1 − t_min]; 0 = no clipping
+    # Training's t: uniform (stratified) | importance (stratified under a running estimate
+    # of √E[ℓ(t)²] on t_sampling_bins bins, L_diff weighted by 1/p(t); nfdm_jax.time_sampling).
+    # Evaluation always uses uniform t.
+    m.t_sampling = "uniform"
+    m.t_sampling_bins = 32
+    m.t_sampling_decay = 0.99      # EMA weight of the past per step
+    m.t_sampling_uniform = 0.1     # uniform share of the density: weights ≤ 1 / this
     m.curvature_weight = 0.0       # NFDM-OT λ
     m.obstacle_weight = 0.0        # NFBM obstacle λ_obs
     m.obstacle_centre = (0.0, 0.0)
@@ -196,6 +203,11 @@ def model_variants() -> dict[str, Variant]:
         # learned process otherwise inflates 5–10× (issue #9).
         c.model.forward_sigma = "base"
 
+    def importance(c: ConfigDict) -> None:
+        # t from the running loss profile (nfdm_jax.time_sampling): composes with the
+        # others, e.g. "frozen,importance".
+        c.model.t_sampling = "importance"
+
     def ot(c: ConfigDict) -> None:
         c.model.name, c.model.volatility = "nfdm_ot", "zero"
         c.model.curvature_weight = 0.1
@@ -203,4 +215,4 @@ def model_variants() -> dict[str, Variant]:
 
     return {"vdm": vdm, "vdm_learned": vdm_learned, "flow_matching": flow_matching,
             "frozen": frozen, "fixed_scalings": fixed_scalings, "noise_time": noise_time,
-            "mean_only": mean_only, "ot": ot}
+            "mean_only": mean_only, "importance": importance, "ot": ot}

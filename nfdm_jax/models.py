@@ -53,7 +53,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from nfdm_jax import decoders, drifts, forward, losses, nets, noise_stats, schedules, volatility
+from nfdm_jax import (decoders, drifts, forward, losses, nets, noise_stats, schedules,
+                      time_sampling, volatility)
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -172,12 +173,15 @@ class Model:
             self.data_mean, self.data_std = _data_stats(config, self.shape)
         # The edm scalings follow a learned process's noise (issue #9: it grows 5–10×).
         self.track_sigma = _tracks_sigma(self.m, self.spec)
+        self.importance = self.m.t_sampling == "importance"
 
     # ---------------------------------------------------------------- parameters
 
     def init(self, key: Array, batch: Batch) -> Params:
         """Parameters ``{"forward", "predictor", "volatility", "gamma"}`` for ``batch``'s
-        shapes, and ``"stats"`` if the model tracks its noise (``track_sigma``)."""
+        shapes, ``"stats"`` if the model tracks its noise (``track_sigma``) and
+        ``"t_density"`` if it samples t by importance (``importance``). Only the first four
+        are trained; :meth:`loss_and_stats` returns the others' updates."""
         kf, kp, kv, kg = jax.random.split(key, 4)
         x = self.preprocess(batch["x"], kf)
         t = jnp.full((x.shape[0],), 0.5, x.dtype)
@@ -185,6 +189,8 @@ class Model:
         params: Params = {"forward": {}, "predictor": {}, "volatility": {}, "gamma": {}}
         if self.track_sigma:
             params["stats"] = noise_stats.init()
+        if self.importance:
+            params["t_density"] = time_sampling.init(self.m.t_sampling_bins)
         # The predictor's input carries 2 K features per channel (model.fourier_exponents).
         z_in = jnp.zeros(x.shape[:-1] + (x.shape[-1] * (1 + 2 * len(self.m.fourier_exponents)),))
         params["predictor"] = self.predictor_net.init(kp, z_in, t, cond)["params"]
@@ -311,7 +317,8 @@ class Model:
 
     def per_example(self, params: Params, batch: Batch, key: Array, train: bool = False,
                     dropout_key: Optional[Array] = None) -> dict[str, Array]:
-        """Per-example objective terms, each ``[B]``: the loss terms, ``"total"`` and ``"bpd"``.
+        """Per-example objective terms, each ``[B]``: the loss terms, ``"total"`` and ``"bpd"``,
+        with t stratified uniformly (the estimator evaluation uses, whatever the training's).
 
         ``"total"`` is in nats for likelihood models (``"bpd"`` is then a bound on the
         data's bits per dimension, Jacobian of the convention included) and in squared
@@ -319,10 +326,13 @@ class Model:
         that track their noise (``track_sigma``) add ``"noise_log_ratio"``, the example's
         log(mean σ² / mean s²) against the base process at its t (:mod:`noise_stats`).
         """
-        return self._per_example_and_t(params, batch, key, train, dropout_key)[0]
+        return self._terms(params, batch, key, train, dropout_key, importance=False)[0]
 
-    def _per_example_and_t(self, params: Params, batch: Batch, key: Array, train: bool,
-                           dropout_key: Optional[Array]) -> tuple[dict[str, Array], Array]:
+    def _terms(self, params: Params, batch: Batch, key: Array, train: bool,
+               dropout_key: Optional[Array], importance: bool
+               ) -> tuple[dict[str, Array], Params]:
+        """:meth:`per_example`'s terms, with t drawn from ``params["t_density"]`` and L_diff
+        weighted by 1/p(t) if ``importance``, and the updated non-trainable entries."""
         kdata, kt = jax.random.split(key)
         x = self.preprocess(batch["x"], kdata)
         x1 = self.condition(batch)
@@ -330,6 +340,10 @@ class Model:
         pred = self.predictor_fn(params, x1, train=train, dropout_key=dropout_key)
         vol = self.volatility_fn(params)
         t, eps = losses.sample_t_eps(kt, x, self.m.t_min)
+        if importance:  # the same stratified u, through the density's inverse CDF
+            t, weight = time_sampling.sample(params["t_density"], jax.random.split(kt)[0],
+                                             x.shape[0], self.m.t_sampling_uniform,
+                                             self.m.t_min)
         objective = self.spec.objective
         if objective == "ot":
             terms = losses.nfdm_ot_loss(fwd, pred, x, t, eps, self.m.curvature_weight)
@@ -347,13 +361,20 @@ class Model:
         else:
             terms, marginal = losses.nelbo_terms_and_marginal(
                 fwd, pred, vol, x, t, eps, decoder_nll=self.decoder_fn(params))
+        state: Params = {}
+        if importance:  # validate: only on the NELBO, whose t-integral is terms.diff
+            state["t_density"] = time_sampling.update(params["t_density"], t, terms.diff,
+                                                      self.m.t_sampling_decay, self.m.t_min)
+            terms = terms._replace(diff=weight * terms.diff)
         out = terms._asdict()
         out["total"] = terms.total
         out["bpd"] = losses.bits_per_dim(terms.total, self.dim, self.log_jacobian)
         if self.track_sigma:
             _, log_s = self.spec.base_process(self, params, x1)(jnp.zeros_like(x), t)
             out["noise_log_ratio"] = noise_stats.per_example_log_ratio(marginal.log_sigma, log_s)
-        return out, t
+            state["stats"] = noise_stats.update(params["stats"], t, out["noise_log_ratio"],
+                                                self.m.edm_track_decay)
+        return out, state
 
     def loss(self, params: Params, batch: Batch, key: Array, train: bool = False,
              dropout_key: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
@@ -361,7 +382,9 @@ class Model:
 
         The objective is the batch mean of ``total / D`` (BPD up to ln 2 for likelihood
         models): per-dimension units keep the gradient scale, and hence the meaning of
-        global-norm clipping at 1.0, independent of the resolution.
+        global-norm clipping at 1.0, independent of the resolution. With
+        ``model.t_sampling = "importance"`` t follows ``params["t_density"]`` and L_diff
+        carries the weights 1/p(t): the same expectation, a smaller variance.
         """
         loss, (metrics, _) = self.loss_and_stats(params, batch, key, train, dropout_key)
         return loss, metrics
@@ -369,16 +392,14 @@ class Model:
     def loss_and_stats(self, params: Params, batch: Batch, key: Array, train: bool = False,
                        dropout_key: Optional[Array] = None
                        ) -> tuple[Array, tuple[dict[str, Array], Params]]:
-        """:meth:`loss` and the running statistics updated with this batch: the new
-        ``params["stats"]`` (``{}`` when the model tracks none)."""
-        terms, t = self._per_example_and_t(params, batch, key, train, dropout_key)
+        """:meth:`loss` and the non-trainable entries of ``params`` updated with this batch:
+        ``{"stats": ...}`` if the model tracks its noise, ``{"t_density": ...}`` if it
+        samples t by importance, ``{}`` otherwise. Merge them into ``params`` after the
+        optimizer's update."""
+        terms, state = self._terms(params, batch, key, train, dropout_key, self.importance)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
         metrics["loss"] = metrics["total"] / self.dim
-        stats = {}
-        if self.track_sigma:
-            stats = noise_stats.update(params["stats"], t, terms["noise_log_ratio"],
-                                       self.m.edm_track_decay)
-        return metrics["loss"], (metrics, stats)
+        return metrics["loss"], (metrics, state)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -429,6 +450,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m.forward_sigma == "base" and spec.forward is not _neural:
         raise ValueError("config.model.forward_sigma='base' holds the neural process's σ: "
                          f"only nfdm and nfdm_ot have one, not model.name={m.name!r}")
+    if m.t_sampling not in ("uniform", "importance"):
+        raise ValueError(f"config.model.t_sampling={m.t_sampling!r}; choose 'uniform' or "
+                         "'importance' (t from the running loss profile, weighted by 1/p(t))")
+    if m.t_sampling == "importance":
+        if spec.objective != "nelbo":
+            raise ValueError("config.model.t_sampling='importance' weights the NELBO's L_diff; "
+                             f"model.name={m.name!r} has the {spec.objective!r} objective: "
+                             "use t_sampling='uniform'")
+        if not (isinstance(m.t_sampling_bins, int) and m.t_sampling_bins >= 1):
+            raise ValueError(f"config.model.t_sampling_bins={m.t_sampling_bins!r} must be an "
+                             "integer >= 1")
+        if not 0.0 <= m.t_sampling_decay < 1.0:
+            raise ValueError(f"config.model.t_sampling_decay={m.t_sampling_decay} must lie in "
+                             "[0, 1) (the weight of the past per step)")
+        if not 0.0 < m.t_sampling_uniform <= 1.0:
+            raise ValueError(f"config.model.t_sampling_uniform={m.t_sampling_uniform} must lie "
+                             "in (0, 1]: the uniform share bounds the weights 1/p(t)")
     if m.edm_noise_time and not _tracks_sigma(m, spec):
         raise ValueError("config.model.edm_noise_time=True reads the predictor's time from the "
                          "tracked noise: it needs parameterization='edm', edm_track_sigma=True "

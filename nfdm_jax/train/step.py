@@ -49,7 +49,7 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation,
         # The optimizer steps the networks; the loss has updated the running statistics.
         grads, old = trainable(grads), trainable(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, old)
-        params = optax.apply_updates(old, updates) | ({"stats": stats} if stats else {})
+        params = optax.apply_updates(old, updates) | stats
         d = ema_decay(state.step, ema)
         ema_params = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
         metrics |= {"grad_norm": optax.tree.norm(grads),

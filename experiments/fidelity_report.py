@@ -52,6 +52,10 @@ process has moved from the untrained one that fixes the ``edm`` scalings
 (:func:`conditioning_stats`): mean σ(t) of both over the test images, and the std of the
 predictor network's input c_in (z − E z) and of its regression target (x − x̂_linear) / c_out
 with z drawn from the model's own process (1 and 1 for Gaussian data at the untrained one).
+
+*Gradient noise* (section ``gradient_noise``, not in the default list): for the same finished
+runs, the noise and signal of the training gradient per parameter group, with t uniform and
+importance-sampled (:func:`gradient_noise`).
 """
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments import digits, report_lib as lib, toy2d, toy2d_ot
-from nfdm_jax import drifts, losses, sampling
+from nfdm_jax import drifts, losses, sampling, time_sampling
 from nfdm_jax.metrics.sample_distances import sliced_wasserstein
 from nfdm_jax.models import Model, Params
 from nfdm_jax.train import optimizer as optim
@@ -358,7 +362,7 @@ def digits_run(variant: str, steps: int, seed: int,
     c.train.eval_t_samples = s.digits_eval_t_samples
     c.sample.eval_nfe = ()  # test BPD only: no sample-quality pass
     c.lock()
-    return c, f"{variant or 'nfdm'}_steps{steps}_seed{seed}"
+    return c, f"{(variant or 'nfdm').replace(',', '+')}_steps{steps}_seed{seed}"
 
 
 def _finished(workdir: str, steps: int) -> bool:
@@ -417,8 +421,73 @@ def conditioning_section(s: Settings, workroot: str) -> dict[str, Any]:
                     jnp.asarray(source.take(np.arange(len(source)))["x"]), jax.random.key(0))
                 return conditioning_stats(exp.model, params, x, ts, jax.random.key(1))
 
-            out[name] = {"variant": variant or "nfdm", "steps": steps, "t": ts.tolist(),
+            out[name] = {"variant": (variant or "nfdm").replace(",", "+"), "steps": steps, "t": ts.tolist(),
                          **loop.from_latest(c, workdir, "probe", probe)}
+    return out
+
+
+def gradient_noise(config: ml_collections.ConfigDict, params: Params, x: jax.Array,
+                   key: jax.Array, batch_size: int = 32, draws: int = 48,
+                   fill: int = 40) -> dict[str, dict[str, float]]:
+    """The noise of the training gradient per trained group at ``params``, with t uniform
+    and importance-sampled (:mod:`nfdm_jax.time_sampling`), on batches of ``batch_size``
+    drawn from ``x`` ``[N, *D]``.
+
+    For each group and sampler: ``noise`` = E‖g − ḡ‖² and ``signal`` = ‖ḡ‖² over ``draws``
+    gradients of the loss (Adam sees their ratio). The importance density is the one
+    training would reach: ``fill`` batches of 128 folded in from an empty histogram.
+    """
+    def model(t_sampling: str) -> Model:
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.model.t_sampling = t_sampling
+        return Model(c, x.shape[1:])
+
+    uniform, importance = model("uniform"), model("importance")
+    params = {k: v for k, v in params.items() if k != "t_density"}
+    fold = jax.jit(importance.loss_and_stats)
+    rng = np.random.default_rng(0)
+    state = {"t_density": time_sampling.init(config.model.t_sampling_bins)}
+    for i in range(fill):
+        state = fold(params | state, {"x": x[rng.choice(len(x), 128)]},
+                     jax.random.fold_in(key, i))[1][1]
+    out: dict[str, dict[str, float]] = {}
+    for name, m, p in (("uniform", uniform, params), ("importance", importance, params | state)):
+        grad = jax.jit(jax.grad(lambda p, b, k: m.loss(p, b, k)[0]))
+        gs = [grad(p, {"x": x[rng.choice(len(x), batch_size)]}, jax.random.fold_in(key, 10_000 + i))
+              for i in range(draws)]
+        for group in optim.GROUPS:
+            flat = np.stack([np.concatenate([np.ravel(v) for v in jax.tree.leaves(g[group])]
+                                            or [np.zeros(1)]) for g in gs])
+            if not flat.any():
+                continue
+            mean = flat.mean(0)
+            out.setdefault(group, {})[f"{name}_noise"] = float(
+                np.mean(np.sum(np.square(flat - mean), axis=1)))
+            out[group][f"{name}_signal"] = float(np.sum(np.square(mean)))
+    return out
+
+
+def gradient_noise_section(s: Settings, workroot: str) -> dict[str, Any]:
+    from nfdm_jax.train import loop
+
+    out: dict[str, Any] = {}
+    for steps in s.digits_steps:
+        for variant in s.digits_variants:
+            c, name = digits_run(variant, steps, 0, s)
+            workdir = os.path.join(workroot, name)
+            if not _finished(workdir, steps) or c.model.name not in ("nfdm", "nfdm_frozen",
+                                                                      "vdm", "vdm_learned"):
+                print(f"  gradient_noise/{name}: no finished NELBO run in {workdir}, skipped")
+                continue
+
+            def probe(exp: Any, params: Any, step: int) -> dict[str, Any]:
+                source = exp.data.train["x"]
+                x = jnp.asarray(source.take(np.arange(len(source)))["x"])
+                return gradient_noise(c, params, x, jax.random.key(2))
+
+            out[name] = {"variant": (variant or "nfdm").replace(",", "+"), "steps": steps,
+                         "groups": loop.from_latest(c, workdir, "probe", probe)}
+            print(f"  gradient_noise/{name}: {out[name]['groups']}", flush=True)
     return out
 
 
@@ -439,7 +508,7 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
                 loop.train(c, workdir)
                 train_s = None if done else time.perf_counter() - start
                 m = loop.run_eval(c, workdir)
-                out[name] = {"variant": variant or "nfdm", "steps": steps, "seed": seed,
+                out[name] = {"variant": (variant or "nfdm").replace(",", "+"), "steps": steps, "seed": seed,
                              "bpd": m["bpd"], "bpd_stderr": m["bpd_stderr"],
                              "train_seconds": train_s, "eval_t_samples": s.digits_eval_t_samples,
                              "load_avg": os.getloadavg()[0],
@@ -622,7 +691,25 @@ def markdown(res: dict[str, Any]) -> str:
                                                           for r in rows) + " |")
     if res.get("conditioning"):
         lines += _conditioning_table(res["conditioning"])
+    if res.get("gradient_noise"):
+        lines += _gradient_noise_table(res["gradient_noise"])
     return "\n".join(lines) + "\n"
+
+
+def _gradient_noise_table(runs: dict[str, Any]) -> list[str]:
+    lines = ["\n## Noise of the training gradient (digits, seed 0, batches of 32 of the "
+             "training split)\n",
+             "Per trained group at the final parameters (online, not EMA): E‖g − ḡ‖² / ‖ḡ‖² "
+             "over 48 gradients, t uniform and importance-sampled (`model.t_sampling`).\n",
+             "| run | group | uniform: noise / signal | importance: noise / signal | "
+             "noise ratio |", "|---|---|---|---|---|"]
+    for r in sorted(runs.values(), key=lambda r: (r["variant"], r["steps"])):
+        for group, v in r["groups"].items():
+            lines.append(f"| {r['variant']}, {r['steps']} steps | {group} | "
+                         f"{v['uniform_noise']:.3g} / {v['uniform_signal']:.3g} | "
+                         f"{v['importance_noise']:.3g} / {v['importance_signal']:.3g} | "
+                         f"{v['uniform_noise'] / v['importance_noise']:.2f} |")
+    return lines
 
 
 def _conditioning_table(runs: dict[str, Any]) -> list[str]:
@@ -738,7 +825,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits_workdir", default="/tmp/fidelity_digits")
     parser.add_argument("--digits_seeds", type=int, default=None)
     parser.add_argument("--digits_variants", default=None,
-                        help="comma-separated digits.py variants; 'nfdm' is the config itself")
+                        help="comma-separated digits.py variants; 'nfdm' is the config "
+                             "itself, '+' composes (frozen+importance)")
     parser.add_argument("--curvature_weights", default=None,
                         help="comma-separated NFDM-OT curvature weights λ (section nfe)")
     parser.add_argument("--quick", action="store_true")
@@ -759,7 +847,8 @@ def main(argv: list[str] | None = None) -> None:
         s = dataclasses.replace(s, digits_seeds=args.digits_seeds)
     if args.digits_variants:
         s = dataclasses.replace(s, digits_variants=tuple(
-            "" if v == "nfdm" else v for v in args.digits_variants.split(",")))
+            "" if v == "nfdm" else v.replace("+", ",")
+            for v in args.digits_variants.split(",")))
     if not args.sections:
         render(args.out)
         return
@@ -797,6 +886,9 @@ def main(argv: list[str] | None = None) -> None:
         save(res, args.out)
     if "conditioning" in sections:
         res["conditioning"] = conditioning_section(s, args.digits_workdir)
+        save(res, args.out)
+    if "gradient_noise" in sections:
+        res["gradient_noise"] = gradient_noise_section(s, args.digits_workdir)
         save(res, args.out)
     print(f"[{time.perf_counter() - start:.0f} s] wrote {args.out}", flush=True)
 

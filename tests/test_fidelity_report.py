@@ -115,3 +115,27 @@ def test_conditioning_is_unit_at_the_untrained_process_and_moves_with_the_forwar
     moved = fr.conditioning_stats(model, inflated, x, ts, jax.random.key(1))
     np.testing.assert_array_less(np.asarray(moved["sigma_base"]) * 1.4, moved["sigma"])
     assert max(moved["target_std"]) > 1.5
+
+
+def test_gradient_noise_reports_the_trained_groups_and_renders() -> None:
+    """The sampler's variance cut is tested in test_time_sampling; at the toy's
+    initialisation the loss profile is nearly flat, so both samplers agree there."""
+    import jax
+    import numpy as np
+
+    from experiments import toy2d
+    from nfdm_jax.models import Model
+
+    c = toy2d.get_config("tiny")
+    x = jax.numpy.asarray(np.random.default_rng(0).standard_normal((2048, 2)) * [2.0, 0.5],
+                          jax.numpy.float32)
+    params = Model(c, (2,)).init(jax.random.key(0), {"x": x[:8]})
+    groups = fr.gradient_noise(c, params, x, jax.random.key(1), draws=16, fill=10)
+    assert {"forward", "predictor"} <= set(groups) <= {"forward", "predictor", "volatility"}
+    for group in ("forward", "predictor"):
+        v = groups[group]
+        assert 0.0 < v["uniform_signal"] < v["uniform_noise"]      # one batch: SNR < 1
+        np.testing.assert_allclose(v["importance_noise"], v["uniform_noise"], rtol=0.5)
+    md = fr.markdown({"settings": {}, "commands": ["c"], "gradient_noise": {
+        "nfdm_steps12000_seed0": {"variant": "nfdm", "steps": 12000, "groups": groups}}})
+    assert "| nfdm, 12000 steps | predictor |" in md

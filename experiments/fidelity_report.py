@@ -85,6 +85,7 @@ from nfdm_jax.train import step as train_step
 POOL_SIZE = 2 ** 18
 LABELS = {"vp": "VP (vdm)", "vdm_learned": "VDM, learned γ", "nfdm": "NFDM",
           "nfdm_frozen": "NFDM :frozen", "flow_matching": "flow matching",
+          "nfdm_mean_only": "NFDM :mean_only", "nfdm_importance": "NFDM :importance",
           # Rows measured before toy2d.py's flow matching took the paper's predictor.
           "flow_matching_edm": "flow matching, edm predictor (stuck at its start)"}
 # model -> (config module, variant, extra edits)
@@ -94,6 +95,8 @@ MODELS_2D: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "nfdm": (toy2d, "", {}),
     "nfdm_frozen": (toy2d, "frozen", {}),
     "flow_matching": (toy2d, "flow_matching", {}),
+    "nfdm_mean_only": (toy2d, "", {"model.forward_sigma": "base"}),
+    "nfdm_importance": (toy2d, "", {"model.t_sampling": "importance"}),
 }
 ABLATIONS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "nfdm, paper's predictor": (toy2d, "", {"model.parameterization": "preconditioned"}),
@@ -427,15 +430,16 @@ def conditioning_section(s: Settings, workroot: str) -> dict[str, Any]:
 
 
 def gradient_noise(config: ml_collections.ConfigDict, params: Params, x: jax.Array,
-                   key: jax.Array, batch_size: int = 32, draws: int = 48,
-                   fill: int = 40) -> dict[str, dict[str, float]]:
+                   key: jax.Array, batch_size: int = 32, draws: int = 96,
+                   fill: int = 64) -> dict[str, dict[str, float]]:
     """The noise of the training gradient per trained group at ``params``, with t uniform
     and importance-sampled (:mod:`nfdm_jax.time_sampling`), on batches of ``batch_size``
     drawn from ``x`` ``[N, *D]``.
 
-    For each group and sampler: ``noise`` = E‖g − ḡ‖² and ``signal`` = ‖ḡ‖² over ``draws``
-    gradients of the loss (Adam sees their ratio). The importance density is the one
-    training would reach: ``fill`` batches of 128 folded in from an empty histogram.
+    For each group and sampler, over ``draws`` gradients of the loss: ``noise`` = E‖g − ḡ‖²
+    (the trace of their covariance) and ``signal`` = ‖ḡ‖² less its sampling bias noise / n.
+    The importance density is a histogram of ``fill`` uniform-t batches of 128, so every bin
+    is well estimated (training's own running density is noisier).
     """
     def model(t_sampling: str) -> Model:
         c = ml_collections.ConfigDict(config.to_dict())
@@ -444,14 +448,16 @@ def gradient_noise(config: ml_collections.ConfigDict, params: Params, x: jax.Arr
 
     uniform, importance = model("uniform"), model("importance")
     params = {k: v for k, v in params.items() if k != "t_density"}
-    fold = jax.jit(importance.loss_and_stats)
+    empty = time_sampling.init(config.model.t_sampling_bins)
+    # From an empty histogram t is uniform and the returned one holds just that batch.
+    batch_hist = jax.jit(lambda b, k: importance.loss_and_stats(
+        params | {"t_density": empty}, b, k)[1][1]["t_density"])
     rng = np.random.default_rng(0)
-    state = {"t_density": time_sampling.init(config.model.t_sampling_bins)}
-    for i in range(fill):
-        state = fold(params | state, {"x": x[rng.choice(len(x), 128)]},
-                     jax.random.fold_in(key, i))[1][1]
+    hist = jax.tree.map(lambda *v: sum(v), *[batch_hist({"x": x[rng.choice(len(x), 128)]},
+                                          jax.random.fold_in(key, i)) for i in range(fill)])
     out: dict[str, dict[str, float]] = {}
-    for name, m, p in (("uniform", uniform, params), ("importance", importance, params | state)):
+    for name, m, p in (("uniform", uniform, params),
+                       ("importance", importance, params | {"t_density": hist})):
         grad = jax.jit(jax.grad(lambda p, b, k: m.loss(p, b, k)[0]))
         gs = [grad(p, {"x": x[rng.choice(len(x), batch_size)]}, jax.random.fold_in(key, 10_000 + i))
               for i in range(draws)]
@@ -461,9 +467,9 @@ def gradient_noise(config: ml_collections.ConfigDict, params: Params, x: jax.Arr
             if not flat.any():
                 continue
             mean = flat.mean(0)
-            out.setdefault(group, {})[f"{name}_noise"] = float(
-                np.mean(np.sum(np.square(flat - mean), axis=1)))
-            out[group][f"{name}_signal"] = float(np.sum(np.square(mean)))
+            noise = float(np.mean(np.sum(np.square(flat - mean), axis=1)))
+            out.setdefault(group, {})[f"{name}_noise"] = noise
+            out[group][f"{name}_signal"] = float(np.sum(np.square(mean))) - noise / (draws - 1)
     return out
 
 

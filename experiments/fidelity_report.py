@@ -437,7 +437,8 @@ def gradient_noise(config: ml_collections.ConfigDict, params: Params, x: jax.Arr
     drawn from ``x`` ``[N, *D]``.
 
     For each group and sampler, over ``draws`` gradients of the loss: ``noise`` = E‖g − ḡ‖²
-    (the trace of their covariance) and ``signal`` = ‖ḡ‖² less its sampling bias noise / n.
+    (the trace of their covariance) and ``signal`` = ‖ḡ‖² less its sampling bias noise / n;
+    under ``"loss"``, the std of the batch loss (bits/dim up to ln 2) over the draws.
     The importance density is a histogram of ``fill`` uniform-t batches of 128, so every bin
     is well estimated (training's own running density is noisier).
     """
@@ -458,9 +459,10 @@ def gradient_noise(config: ml_collections.ConfigDict, params: Params, x: jax.Arr
     out: dict[str, dict[str, float]] = {}
     for name, m, p in (("uniform", uniform, params),
                        ("importance", importance, params | {"t_density": hist})):
-        grad = jax.jit(jax.grad(lambda p, b, k: m.loss(p, b, k)[0]))
-        gs = [grad(p, {"x": x[rng.choice(len(x), batch_size)]}, jax.random.fold_in(key, 10_000 + i))
-              for i in range(draws)]
+        grad = jax.jit(jax.value_and_grad(lambda p, b, k: m.loss(p, b, k)[0]))
+        values, gs = zip(*[grad(p, {"x": x[rng.choice(len(x), batch_size)]},
+                                jax.random.fold_in(key, 10_000 + i)) for i in range(draws)])
+        out.setdefault("loss", {})[f"{name}_std"] = float(np.std(values, ddof=1))
         for group in optim.GROUPS:
             flat = np.stack([np.concatenate([np.ravel(v) for v in jax.tree.leaves(g[group])]
                                             or [np.zeros(1)]) for g in gs])
@@ -710,7 +712,13 @@ def _gradient_noise_table(runs: dict[str, Any]) -> list[str]:
              "| run | group | uniform: noise / signal | importance: noise / signal | "
              "noise ratio |", "|---|---|---|---|---|"]
     for r in sorted(runs.values(), key=lambda r: (r["variant"], r["steps"])):
+        loss = r["groups"].get("loss")
+        if loss:
+            lines.append(f"| {r['variant']}, {r['steps']} steps | batch loss std | "
+                         f"{loss['uniform_std']:.3g} | {loss['importance_std']:.3g} | |")
         for group, v in r["groups"].items():
+            if group == "loss":
+                continue
             lines.append(f"| {r['variant']}, {r['steps']} steps | {group} | "
                          f"{v['uniform_noise']:.3g} / {v['uniform_signal']:.3g} | "
                          f"{v['importance_noise']:.3g} / {v['importance_signal']:.3g} | "

@@ -131,7 +131,9 @@ def test_gradient_noise_reports_the_trained_groups_and_renders() -> None:
                           jax.numpy.float32)
     params = Model(c, (2,)).init(jax.random.key(0), {"x": x[:8]})
     groups = fr.gradient_noise(c, params, x, jax.random.key(1), draws=16, fill=10)
-    assert {"forward", "predictor"} <= set(groups) <= {"forward", "predictor", "volatility"}
+    assert {"forward", "predictor", "loss"} <= set(groups) <= {
+        "forward", "predictor", "volatility", "loss"}
+    assert groups["loss"]["uniform_std"] > 0.0
     for group in ("forward", "predictor"):
         v = groups[group]
         assert v["uniform_noise"] > 0.0 and v["uniform_signal"] < v["uniform_noise"]  # SNR < 1
@@ -139,3 +141,4 @@ def test_gradient_noise_reports_the_trained_groups_and_renders() -> None:
     md = fr.markdown({"settings": {}, "commands": ["c"], "gradient_noise": {
         "nfdm_steps12000_seed0": {"variant": "nfdm", "steps": 12000, "groups": groups}}})
     assert "| nfdm, 12000 steps | predictor |" in md
+    assert "| nfdm, 12000 steps | batch loss std |" in md

@@ -672,7 +672,9 @@ def markdown(res: dict[str, Any]) -> str:
             per_seed = "; ".join(f"{r['bpd']:.3f} ± {r['bpd_stderr']:.3f}" for r in
                                  sorted(g["runs"], key=lambda r: r["seed"]))
             lines.append(f"| {variant} | {steps} | {_fmt(g)} | "
-                         f"{per_seed} | {g['seconds']:.0f} |")
+                         f"{per_seed} | "
+                         + ("not recorded" if np.isnan(g["seconds"]) else f"{g['seconds']:.0f}")
+                         + " |")
         lines += ["\nPaired by seed (same data order and test keys), NFDM at each step count "
                   "minus each other variant at the same steps; negative: NFDM better.\n",
                   "| steps | NFDM − variant | mean ± s.e. over seeds | per seed |",
@@ -707,8 +709,10 @@ def markdown(res: dict[str, Any]) -> str:
 def _gradient_noise_table(runs: dict[str, Any]) -> list[str]:
     lines = ["\n## Noise of the training gradient (digits, seed 0, batches of 32 of the "
              "training split)\n",
-             "Per trained group at the final parameters (online, not EMA): E‖g − ḡ‖² / ‖ḡ‖² "
-             "over 48 gradients, t uniform and importance-sampled (`model.t_sampling`).\n",
+             "Per trained group at the final parameters (online, not EMA): noise E‖g − ḡ‖² / "
+             "signal ‖ḡ‖² (less its sampling bias; ≤ 0: not measurable) over 96 gradients, t "
+             "uniform and importance-sampled (`model.t_sampling`, a density from 64 uniform "
+             "batches of 128).\n",
              "| run | group | uniform: noise / signal | importance: noise / signal | "
              "noise ratio |", "|---|---|---|---|---|"]
     for r in sorted(runs.values(), key=lambda r: (r["variant"], r["steps"])):

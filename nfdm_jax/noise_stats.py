@@ -14,13 +14,14 @@ those points — so that the scalings can use s(t) √r(t) and stay whitening.
 
 Each example adds its value to the two nearest grid times with linear-interpolation
 weights; a grid time's estimate is its weighted EMA sum over its weight. Grid times no
-example has reached yet read log r = 0, i.e. the base. State is a dict of two ``[K]``
-arrays, a pytree that checkpoints and shards like parameters.
+example has reached yet read log r = 0, i.e. the base. State: :mod:`nfdm_jax.running_means`.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from nfdm_jax import running_means
 
 Array = jax.Array
 NoiseStats = dict[str, Array]
@@ -30,8 +31,7 @@ def init(num_times: int = 33) -> NoiseStats:
     """Empty statistics on ``num_times`` ≥ 2 grid times: every estimate reads log r = 0."""
     if num_times < 2:
         raise ValueError(f"num_times={num_times}: the grid needs both ends, t = 0 and t = 1")
-    zeros = jnp.zeros((num_times,), jnp.float32)
-    return {"sum": zeros, "weight": zeros}
+    return running_means.init(num_times)
 
 
 def _hat_weights(t: Array, num_times: int) -> Array:
@@ -46,17 +46,12 @@ def update(stats: NoiseStats, t: Array, log_ratio: Array, decay: float) -> Noise
     ``decay`` ∈ [0, 1): the weight of the past per update (0.999 averages over ~1 000
     batches). Gradients do not flow into the statistics.
     """
-    w = _hat_weights(t, stats["sum"].shape[0])
-    value = jax.lax.stop_gradient(log_ratio)
-    return {"sum": decay * stats["sum"] + jnp.einsum("bk,b->k", w, value),
-            "weight": decay * stats["weight"] + jnp.sum(w, axis=0)}
+    return running_means.update(stats, _hat_weights(t, stats["sum"].shape[0]), log_ratio, decay)
 
 
 def log_ratio(stats: NoiseStats, t: Array) -> Array:
     """The estimate of log r(t) at times ``t`` ``[B]``, interpolated linearly; ``[B]``."""
-    stats = jax.lax.stop_gradient(stats)
-    seen = stats["weight"] > 0
-    at_grid = jnp.where(seen, stats["sum"] / jnp.where(seen, stats["weight"], 1.0), 0.0)
+    at_grid, _ = running_means.read(stats)
     return _hat_weights(t, at_grid.shape[0]) @ at_grid
 
 

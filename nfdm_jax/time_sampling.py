@@ -8,17 +8,17 @@ unbiased and minimises its variance (Nichol & Dhariwal 2021, "Improved DDPM", §
 the digits it is 8–10× smaller (issue #9).
 
 The density is piecewise constant on K equal bins of [t_min, 1 − t_min]. Each bin keeps an
-exponential moving average of the batch's ℓ² that fell in it (the ``sum`` over the
-``weight``, both decayed every update, as :mod:`nfdm_jax.noise_stats` does), so a bin's
-estimate stays put while no sample reaches it. A bin no sample has reached yet reads the
+exponential moving average of the batch's ℓ² that fell in it (:mod:`nfdm_jax.running_means`),
+so a bin's estimate stays put while no sample reaches it. A bin no sample has reached yet reads the
 largest estimate (so it gets sampled), and a share ``uniform_weight`` of the density stays
-uniform, which bounds the weights 1/p(t) by 1 / uniform_weight. State is a dict of two
-``[K]`` arrays, a pytree that checkpoints and shards like parameters.
+uniform, which bounds the weights 1/p(t) by 1 / uniform_weight.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from nfdm_jax import running_means
 
 Array = jax.Array
 TimeDensity = dict[str, Array]
@@ -28,8 +28,7 @@ def init(num_bins: int = 32) -> TimeDensity:
     """An empty histogram on ``num_bins`` ≥ 1 bins: the density it gives is uniform."""
     if num_bins < 1:
         raise ValueError(f"num_bins={num_bins}: the density needs at least one bin")
-    zeros = jnp.zeros((num_bins,), jnp.float32)
-    return {"sum": zeros, "weight": zeros}
+    return running_means.init(num_bins)
 
 
 def density(state: TimeDensity, uniform_weight: float) -> Array:
@@ -38,9 +37,8 @@ def density(state: TimeDensity, uniform_weight: float) -> Array:
     (1 − ``uniform_weight``) · √m / mean(√m) + ``uniform_weight``, with m the bins' mean
     squared loss; uniform while no bin holds a positive estimate.
     """
-    state = jax.lax.stop_gradient(state)
-    seen = state["weight"] > 0
-    rms = jnp.sqrt(jnp.where(seen, state["sum"] / jnp.where(seen, state["weight"], 1.0), 0.0))
+    mean_square, seen = running_means.read(state)
+    rms = jnp.sqrt(mean_square)
     rms = jnp.where(seen, rms, jnp.max(rms))
     mean = jnp.mean(rms)
     shape = jnp.where(mean > 0, rms / jnp.where(mean > 0, mean, 1.0), 1.0)
@@ -82,6 +80,4 @@ def update(state: TimeDensity, t: Array, loss: Array, decay: float,
     s = (t - t_min) / (1.0 - 2.0 * t_min)
     onehot = jax.nn.one_hot(jnp.clip(jnp.floor(s * k), 0, k - 1).astype(jnp.int32), k,
                             dtype=state["sum"].dtype)
-    value = jnp.square(jax.lax.stop_gradient(loss))
-    return {"sum": decay * state["sum"] + jnp.einsum("bk,b->k", onehot, value),
-            "weight": decay * state["weight"] + jnp.sum(onehot, axis=0)}
+    return running_means.update(state, onehot, jnp.square(jax.lax.stop_gradient(loss)), decay)

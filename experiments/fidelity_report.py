@@ -66,7 +66,7 @@ import math
 import zlib
 import os
 import time
-from typing import Any
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +78,7 @@ from matplotlib.figure import Figure
 from experiments import digits, report_lib as lib, toy2d, toy2d_ot
 from nfdm_jax import drifts, losses, sampling, time_sampling
 from nfdm_jax.metrics.sample_distances import sliced_wasserstein
-from nfdm_jax.models import Model, Params
+from nfdm_jax.models import MODELS, Model, Params
 from nfdm_jax.train import optimizer as optim
 from nfdm_jax.train import step as train_step
 
@@ -365,7 +365,7 @@ def digits_run(variant: str, steps: int, seed: int,
     c.train.eval_t_samples = s.digits_eval_t_samples
     c.sample.eval_nfe = ()  # test BPD only: no sample-quality pass
     c.lock()
-    return c, f"{(variant or 'nfdm').replace(',', '+')}_steps{steps}_seed{seed}"
+    return c, f"{_label(variant)}_steps{steps}_seed{seed}"
 
 
 def _finished(workdir: str, steps: int) -> bool:
@@ -402,30 +402,45 @@ def conditioning_stats(model: Model, params: Params, x: jax.Array, ts: np.ndarra
             enumerate(("sigma", "sigma_base", "input_std", "target_std"))}
 
 
+def _finished_seed0_runs(s: Settings, workroot: str, section: str,
+                         skip: Callable[[ml_collections.ConfigDict], Optional[str]]
+                         ) -> Iterator[tuple[str, int, ml_collections.ConfigDict, str, str]]:
+    """(label, steps, config, name, workdir) of the finished seed-0 digits runs of
+    ``--digits_steps`` × ``--digits_variants``; ``skip(config)`` gives a reason to leave one
+    out (printed), or None."""
+    for steps in s.digits_steps:
+        for variant in s.digits_variants:
+            c, name = digits_run(variant, steps, 0, s)
+            workdir = os.path.join(workroot, name)
+            why = skip(c) or (None if _finished(workdir, steps)
+                              else f"no finished run in {workdir}")
+            if why:
+                print(f"  {section}/{name}: {why}, skipped")
+                continue
+            yield _label(variant), steps, c, name, workdir
+
+
+def _label(variant: str) -> str:
+    """A digits variant as the tables name it: ``""`` is NFDM, ``,`` composes as ``+``."""
+    return (variant or "nfdm").replace(",", "+")
+
+
 def conditioning_section(s: Settings, workroot: str) -> dict[str, Any]:
     from nfdm_jax.train import loop
 
     ts = np.array([0.1, 0.3, 0.5, 0.7, 0.8, 0.9])
     out: dict[str, Any] = {}
-    for steps in s.digits_steps:
-        for variant in s.digits_variants:
-            c, name = digits_run(variant, steps, 0, s)
-            workdir = os.path.join(workroot, name)
-            if c.model.parameterization != "edm":
-                print(f"  conditioning/{name}: not an edm predictor, skipped")
-                continue
-            if not _finished(workdir, steps):
-                print(f"  conditioning/{name}: no finished run in {workdir}, skipped")
-                continue
+    not_edm = lambda c: None if c.model.parameterization == "edm" else "not an edm predictor"  # noqa: E731
+    for label_, steps, c, name, workdir in _finished_seed0_runs(s, workroot, "conditioning",
+                                                                not_edm):
+        def probe(exp: Any, params: Any, step: int) -> dict[str, list[float]]:
+            source = exp.data.eval["x"]
+            x = exp.model.preprocess(
+                jnp.asarray(source.take(np.arange(len(source)))["x"]), jax.random.key(0))
+            return conditioning_stats(exp.model, params, x, ts, jax.random.key(1))
 
-            def probe(exp: Any, params: Any, step: int) -> dict[str, list[float]]:
-                source = exp.data.eval["x"]
-                x = exp.model.preprocess(
-                    jnp.asarray(source.take(np.arange(len(source)))["x"]), jax.random.key(0))
-                return conditioning_stats(exp.model, params, x, ts, jax.random.key(1))
-
-            out[name] = {"variant": (variant or "nfdm").replace(",", "+"), "steps": steps, "t": ts.tolist(),
-                         **loop.from_latest(c, workdir, "probe", probe)}
+        out[name] = {"variant": label_, "steps": steps, "t": ts.tolist(),
+                     **loop.from_latest(c, workdir, "probe", probe)}
     return out
 
 
@@ -479,23 +494,18 @@ def gradient_noise_section(s: Settings, workroot: str) -> dict[str, Any]:
     from nfdm_jax.train import loop
 
     out: dict[str, Any] = {}
-    for steps in s.digits_steps:
-        for variant in s.digits_variants:
-            c, name = digits_run(variant, steps, 0, s)
-            workdir = os.path.join(workroot, name)
-            if not _finished(workdir, steps) or c.model.name not in ("nfdm", "nfdm_frozen",
-                                                                      "vdm", "vdm_learned"):
-                print(f"  gradient_noise/{name}: no finished NELBO run in {workdir}, skipped")
-                continue
+    not_nelbo = lambda c: (None if MODELS[c.model.name].objective == "nelbo"  # noqa: E731
+                           else "not a NELBO model")
+    for label_, steps, c, name, workdir in _finished_seed0_runs(s, workroot, "gradient_noise",
+                                                                not_nelbo):
+        def probe(exp: Any, params: Any, step: int) -> dict[str, Any]:
+            source = exp.data.train["x"]
+            x = jnp.asarray(source.take(np.arange(len(source)))["x"])
+            return gradient_noise(c, params, x, jax.random.key(2))
 
-            def probe(exp: Any, params: Any, step: int) -> dict[str, Any]:
-                source = exp.data.train["x"]
-                x = jnp.asarray(source.take(np.arange(len(source)))["x"])
-                return gradient_noise(c, params, x, jax.random.key(2))
-
-            out[name] = {"variant": (variant or "nfdm").replace(",", "+"), "steps": steps,
-                         "groups": loop.from_latest(c, workdir, "probe", probe)}
-            print(f"  gradient_noise/{name}: {out[name]['groups']}", flush=True)
+        out[name] = {"variant": label_, "steps": steps,
+                     "groups": loop.from_latest(c, workdir, "probe", probe)}
+        print(f"  gradient_noise/{name}: {out[name]['groups']}", flush=True)
     return out
 
 
@@ -516,7 +526,7 @@ def digits_section(s: Settings, workroot: str) -> dict[str, Any]:
                 loop.train(c, workdir)
                 train_s = None if done else time.perf_counter() - start
                 m = loop.run_eval(c, workdir)
-                out[name] = {"variant": (variant or "nfdm").replace(",", "+"), "steps": steps, "seed": seed,
+                out[name] = {"variant": _label(variant), "steps": steps, "seed": seed,
                              "bpd": m["bpd"], "bpd_stderr": m["bpd_stderr"],
                              "train_seconds": train_s, "eval_t_samples": s.digits_eval_t_samples,
                              "load_avg": os.getloadavg()[0],

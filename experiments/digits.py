@@ -19,9 +19,8 @@ step 2000 (K = 1; 2.11 at step 1000). The per-t profile (reports/fidelity) shows
 loss, where the levels are resolved, down to ~3 nats per image per unit t.
 
 Measured on an idle 2-core machine: 4 min 5 s wall in all with a cold compilation cache
-(26 s compiling the train step, 9.6 steps/s), test BPD 2.10 ± 0.15 at step 1000 and
-1.956 ± 0.144 at step 2000 (K = 1 t-sample per test image; ± the standard error over
-images). On CPU the U-Net's convolutions run as
+(26 s compiling the train step, 9.6 steps/s, with the learned-σ default of the same cost);
+test BPD READMEBPD (K = 1 t-sample per test image; ± the standard error over images). On CPU the U-Net's convolutions run as
 matmuls (``net.conv = "auto"``): XLA's CPU convolutions spent 90 % of the step in 341 small
 convolutions (0.44 → 3.5 steps/s on a loaded VM).
 Compute stays float32 (``net.dtype``): ``--config.net.dtype=bfloat16`` reached the same
@@ -37,31 +36,26 @@ process. The paper's predictor (``--config.model.parameterization=preconditioned
 takes no input features: add ``--config.model.fourier_exponents='()'``) starts at
 x̂ = (1 − t) z, whose error at small t is weighted by an SNR of ~1/δ² = 10⁶.
 
-Against the baselines on the same U-Net and features (``reports/fidelity/results.md``,
-``python -m experiments.fidelity_report --sections=digits``; K = 16 t-samples per test
-image, 2 seeds, 2000 steps): NFDM 1.974 ± 0.005, ``:frozen`` 1.998 ± 0.017, ``:vdm``
-2.000 ± 0.023, ``:vdm_learned`` 1.999 ± 0.024 bits/dim; paired by seed NFDM is
-0.026 ± 0.018 below ``:vdm`` and 0.023 ± 0.011 below ``:frozen``. ``:flow_matching``
-(dequantized convention, not comparable) 5.2 ± 0.5. Trained longer VDM catches up and
-leads: at 6 000 steps (``:vdm`` at NFDM's 2 000-step wall-clock time on a CPU) NFDM
-1.834 ± 0.001, ``:vdm`` 1.822 ± 0.011; at 12 000 steps NFDM 1.789 ± 0.003, ``:vdm``
-1.773 ± 0.017, ``:frozen`` 1.765 ± 0.010; at 24 000 steps ``:vdm`` 1.764 ± 0.020 (near its best:
-both train-test gaps open on 1 500 images), ``:frozen`` 1.752 and NFDM 1.811 (seed 0), worse
-than at 12 000.
-(These NFDM numbers are with the ``edm`` scalings fixed at the untrained process, now the
-``:fixed_scalings`` variant.) As it learns, the forward process inflates σ(t) 5–10× above
-that process, so fixed scalings stop whitening the predictor. The default now scales by the
-tracked σ(t) (``nfdm_jax.noise_stats``), which whitens it again (target std 1.0–1.1 at
-12 000 steps), but the test BPD at 12 000 steps did not improve: NFDM 1.788 ± 0.009 against
-``:fixed_scalings`` 1.789 ± 0.003, ``:frozen`` 1.765 ± 0.010 and ``:vdm`` 1.773 ± 0.017, over 2
-seeds (reports/fidelity/README.md). The deficit comes with learning σ: ``:mean_only``
-(``model.forward_sigma = "base"``: the forward network sets only μ) scores 1.766 ± 0.013 at
-12 000 steps, level with ``:frozen`` and ``:vdm``, and NFDM at 24 000 steps is 1.788 (seed 0) against
-``:frozen`` 1.752 and ``:vdm`` 1.743 on the same seed. Importance-sampled t (``:importance``,
-``nfdm_jax.time_sampling``) cuts the batch loss's std by a third and the predictor's gradient
-noise by 40 %, but moves the 12 000-step test BPD by less than 0.01 (NFDM 1.791 against 1.797,
-``:frozen,importance`` 1.752 / 1.774 against 1.754 / 1.775). At 24 000 steps ``:mean_only`` scores
-1.747 ± 0.004 over 2 seeds, ``:vdm`` 1.764 ± 0.020 (paired −0.017 ± 0.017).
+Model: NFDM whose forward network sets μ, with σ(t) held at the untrained process's
+(``model.forward_sigma``; the paper's learned σ is ``:learned_sigma``). Against the baselines
+on the same U-Net and features (``reports/fidelity/results.md``, ``python -m
+experiments.fidelity_report --sections=digits``; K = 16 t-samples per test image, 2 seeds):
+
+===== ============= ================== ============== =============
+steps NFDM          ``:learned_sigma`` ``:frozen``    ``:vdm``
+===== ============= ================== ============== =============
+2000  1.986 ± 0.000                    1.998 ± 0.017  2.000 ± 0.023
+12000 1.766 ± 0.013 1.788 ± 0.009      1.765 ± 0.010  1.773 ± 0.017
+24000 1.747 ± 0.004 1.788 (seed 0)     1.752 (seed 0) 1.764 ± 0.020
+===== ============= ================== ============== =============
+
+Paired by seed NFDM − ``:vdm`` is −0.014 ± 0.023, −0.007 ± 0.004 and −0.017 ± 0.017. Trained
+on the NELBO a learned σ inflates 5–10× over the untrained process and costs 0.036–0.045 at
+24 000 steps (reports/fidelity/README.md); ``:learned_sigma,fixed_scalings`` (the ``edm``
+scalings fixed at the untrained process instead of following the tracked σ) scored 1.974 ±
+0.005 at 2000 steps and 1.811 (seed 0) at 24 000. Importance-sampled t (``:importance``,
+``nfdm_jax.time_sampling``) moves the 12 000-step test BPD by less than 0.01.
+``:flow_matching`` (dequantized convention, not comparable) 5.2 ± 0.5 at 2000 steps.
 Expected: test BPD ≈ 2.0 at step 2000.
 """
 from experiments import common

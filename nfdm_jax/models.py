@@ -28,8 +28,10 @@ vdm_learned    VP, learned monotone γ          NELBO
 flow_matching  straight path                   NELBO
 ============== =============================== =================================
 
-``config.model.forward_sigma='base'`` lets the neural process's network set only μ (σ stays
-the untrained process's), an ablation of what learning σ adds.
+``config.model.forward_sigma`` says what the neural process's network sets: ``'base'`` only
+μ, with σ the untrained process's (nfdm's default), ``'learned'`` μ and σ (the paper's;
+nfdm_ot's default; the bridge's only choice). Trained on the NELBO, a learned σ inflates
+5–10× and costs test likelihood on the digits (issue #9).
 
 Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
 the default of the neural models; needs ``config.model.data_mean`` / ``data_std``; with a
@@ -80,6 +82,8 @@ class ModelSpec:
       base: the untrained forward process, for the ``edm`` scalings (None: ``forward``).
       vp: a VP process with a log-SNR schedule; its decoder width is that schedule's
         σ_0 / α_0 on z_0 / α_0 (VDM), not δ.
+      sigma: what the forward network sets unless ``config.model.forward_sigma`` says:
+        ``"learned"`` (μ and σ) or ``"base"`` (μ only; σ stays the untrained process's).
     """
 
     forward: Callable[["Model", "Params", Optional[Array], Any], forward.ForwardFn]
@@ -89,6 +93,7 @@ class ModelSpec:
     base: Optional[Callable[["Model", "Params", Optional[Array], Any], forward.ForwardFn]] = None
     forward_net: bool = False
     vp: bool = False
+    sigma: str = "learned"
 
     def base_process(self, model: "Model", params: "Params",
                      x1: Optional[Array]) -> forward.ForwardFn:
@@ -98,7 +103,7 @@ class ModelSpec:
 
 
 def _neural(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
-    if model.m.forward_sigma == "base":
+    if model.forward_sigma == "base":
         # Only the mean is learned; log σ stays the untrained (1 − t) log δ.
         def mean_only(x: Array, t: Array) -> tuple[Array, Array]:
             m_bar = net(x, t, None)[0]
@@ -135,7 +140,9 @@ def _straight(model: "Model", params: "Params", x1: Optional[Array],
 
 _PRED = ("edm", "preconditioned", "x")
 MODELS: dict[str, ModelSpec] = {
-    "nfdm": ModelSpec(_neural, "nelbo", _ALL_G, _PRED, base=_frozen, forward_net=True),
+    # σ held by default: learned on the NELBO it inflates 5–10× and costs likelihood (#9).
+    "nfdm": ModelSpec(_neural, "nelbo", _ALL_G, _PRED, base=_frozen, forward_net=True,
+                      sigma="base"),
     "nfdm_frozen": ModelSpec(_frozen, "nelbo", _ALL_G, _PRED),
     "nfdm_ot": ModelSpec(_neural, "ot", ("zero",), _PRED, base=_frozen, forward_net=True),
     "nfbm": ModelSpec(_bridge, "bridge", ("learned", "delta_matched", "sigmoid"), _PRED,
@@ -144,6 +151,12 @@ MODELS: dict[str, ModelSpec] = {
     "vdm_learned": ModelSpec(_vp, "nelbo", ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
     "flow_matching": ModelSpec(_straight, "nelbo", _ALL_G, _PRED),
 }
+
+
+def resolve_forward_sigma(name: str, value: Optional[str]) -> str:
+    """What model ``name``'s forward network sets under ``config.model.forward_sigma=value``:
+    ``value`` itself, or the model's default (:attr:`ModelSpec.sigma`) when it is None."""
+    return value or MODELS[name].sigma
 
 
 class Model:
@@ -163,6 +176,7 @@ class Model:
         self.dim = math.prod(self.shape)
         self.name = self.m.name
         self.spec = MODELS[self.name]
+        self.forward_sigma = resolve_forward_sigma(self.name, self.m.forward_sigma)
         self.bridge = self.spec.objective == "bridge"
         self.convention = config.data.convention
         self.log_jacobian = decoders.log_jacobian_per_dim(self.convention)
@@ -444,9 +458,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= m.edm_track_decay < 1.0:
         raise ValueError(f"config.model.edm_track_decay={m.edm_track_decay} must lie in [0, 1) "
                          "(the weight of the past per step; 0.999 averages ~1 000 steps)")
-    if m.forward_sigma not in ("learned", "base"):
+    if m.forward_sigma not in (None, "learned", "base"):
         raise ValueError(f"config.model.forward_sigma={m.forward_sigma!r}; choose 'learned' "
-                         "(the forward network sets σ) or 'base' (σ of the untrained process)")
+                         "(the forward network sets σ), 'base' (σ of the untrained process) "
+                         "or None (the model's default)")
     if m.forward_sigma == "base" and spec.forward is not _neural:
         raise ValueError("config.model.forward_sigma='base' holds the neural process's σ: "
                          f"only nfdm and nfdm_ot have one, not model.name={m.name!r}")

@@ -308,6 +308,28 @@ def test_preemption_save_of_non_finite_state_fails(tmp_path, monkeypatch, capsys
     assert validation.checkpoint_steps(workdir) == []
 
 
+def test_stored_config_is_compared_by_what_it_trains(toy_config):
+    """forward_sigma None is the model's default; a config from before the field learned σ."""
+    def stored(**model):
+        c = json.loads(toy_config().to_json_best_effort())
+        c["model"].update(model)
+        return c
+
+    nfdm = toy_config()  # forward_sigma None: σ held
+    assert validation.stored_config_differences(nfdm, stored(forward_sigma="base")) == []
+    assert validation.stored_config_differences(nfdm, stored(forward_sigma=None)) == []
+    changed = ["model.forward_sigma (stored 'learned', now 'base')"]
+    assert validation.stored_config_differences(nfdm, stored(forward_sigma="learned")) == changed
+    old = stored()
+    del old["model"]["forward_sigma"]
+    assert validation.stored_config_differences(nfdm, old) == changed
+    vdm = toy_config(**{"model.name": "vdm", "model.volatility": "vp_matching",
+                        "model.parameterization": "eps"})
+    assert validation.stored_config_differences(vdm, stored(name="vdm", volatility="vp_matching",
+                                                 parameterization="eps",
+                                                 forward_sigma="learned")) == []
+
+
 def test_sample_with_overrides_leaves_config_json(trained, capsys, toy_config):
     before = open(os.path.join(trained, "config.json"), "rb").read()
     config = toy_config(**{**NINE, "sample.steps": 2, "sample.num": 16, "optim.lr": 0.5})

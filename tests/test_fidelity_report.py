@@ -94,7 +94,8 @@ def test_conditioning_is_unit_at_the_untrained_process_and_moves_with_the_forwar
     x = jnp.asarray(mean + std * np.random.default_rng(0).standard_normal((4096, 2)), jnp.float32)
     ts = np.array([0.2, 0.5, 0.9])
     stats = {}
-    for variant in ("tiny,frozen", "tiny"):  # NFDM last: its network is inflated below
+    # NFDM with a learned σ last: its network is inflated below.
+    for variant in ("tiny,frozen", "tiny,learned_sigma"):
         c = toy2d.get_config(variant)
         c.unlock()
         c.model.data_mean, c.model.data_std = tuple(mean), tuple(std)

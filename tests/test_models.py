@@ -82,6 +82,17 @@ def test_forward_sigma_base_learns_only_the_mean():
         Model(config_for({**VARIANTS["nfbm"], "model.forward_sigma": "base"}), (2,))
 
 
+def test_forward_sigma_defaults_per_model():
+    """NFDM holds σ unless asked (issue #9); NFDM-OT and the bridge learn it (the paper's)."""
+    defaults = {name: Model(config_for(VARIANTS[name]), (2,)).forward_sigma
+                for name in ("nfdm", "nfdm_ot", "nfbm")}
+    assert defaults == {"nfdm": "base", "nfdm_ot": "learned", "nfbm": "learned"}
+    assert Model(config_for({"model.forward_sigma": "learned"}), (2,)).forward_sigma == "learned"
+    ot = {**VARIANTS["nfdm_ot"], "model.forward_sigma": "base"}
+    assert Model(config_for(ot), (2,)).forward_sigma == "base"
+    assert toy2d.get_config("tiny,learned_sigma").model.forward_sigma == "learned"
+
+
 def test_invalid_combinations_are_named():
     with pytest.raises(ValueError, match="volatility='zero'"):
         Model(config_for({"model.volatility": "zero"}), (2,))

@@ -121,7 +121,7 @@ def test_tracked_scalings_restore_unit_conditioning_when_the_process_inflates_it
 
     mean, std = np.array([0.5, -1.0]), np.array([2.0, 0.5])
     x = jnp.asarray(mean + std * np.random.default_rng(0).standard_normal((4096, 2)), jnp.float32)
-    c = toy2d.get_config("tiny")
+    c = toy2d.get_config("tiny,learned_sigma")  # a forward network that sets σ
     c.unlock()
     c.model.data_mean, c.model.data_std = tuple(mean), tuple(std)
     c.model.edm_track_decay = 0.5

@@ -208,11 +208,20 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 def stored_config_differences(config: ml_collections.ConfigDict, stored: dict) -> list[str]:
     """``"field (stored X, now Y)"`` for each model/net/data/seed field that differs."""
     now = json.loads(config.to_json_best_effort(sort_keys=True))
-    now = _flat({k: now.get(k) for k in RESUME_FIXED})
-    old = _flat({k: stored.get(k) for k in RESUME_FIXED})
+    now = _resolved(_flat({k: now.get(k) for k in RESUME_FIXED}))
+    old = _resolved(_flat({k: stored.get(k) for k in RESUME_FIXED}))
     return [f"{k} (stored {old.get(k, 'absent')!r}, now {now.get(k, 'absent')!r})"
             for k in sorted(set(now) | set(old))
             if k not in RESUME_FREE and old.get(k) != now.get(k)]
+
+
+def _resolved(flat: dict[str, Any]) -> dict[str, Any]:
+    """Defaults spelt out, so that a config is compared by what it trains: forward_sigma None
+    is the model's default; a config from before the field existed learned σ."""
+    if flat.get("model.name") in models.MODELS:
+        flat["model.forward_sigma"] = models.resolve_forward_sigma(
+            flat["model.name"], flat.get("model.forward_sigma", "learned"))
+    return flat
 
 
 def check_stored_config(config: ml_collections.ConfigDict, workdir: str) -> None:

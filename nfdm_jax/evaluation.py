@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nfdm_jax import ops
+
 Array = jax.Array
 # per_example(params, batch, key) -> {term: [B]}; batch maps field -> [B, ...].
 PerExample = Callable[[Any, Mapping[str, Array], Array], Mapping[str, Array]]
@@ -140,6 +142,7 @@ def evaluate(per_example: PerExample, params: Any, batches: Iterable[Mapping[str
     for index, batch in enumerate(batches):
         per_batch.append(_batch_moments(per_example, params, batch, jax.random.fold_in(key, index),
                                         num_t_samples=num_t_samples, tile=tile))
+        ops.bound_in_flight(per_batch)
         if progress is not None:
             progress(index + 1)
     if not per_batch:

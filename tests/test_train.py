@@ -205,3 +205,43 @@ def test_already_complete_run_says_so_and_does_not_train(three_steps, tmp_path, 
     with caplog.at_level("INFO"):
         state = loop.train(toy_config(**{"train.num_steps": 3}), workdir, jax.devices()[:1])
     assert int(state.step) == 3 and "already complete" in caplog.text
+
+
+
+DISPATCH_AHEAD = r"""
+import sys
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from nfdm_jax import ops
+mesh = jax.make_mesh((4,), ("d",))
+x = jax.device_put(jnp.ones((4, 64)), NamedSharding(mesh, P("d")))
+w = jax.device_put(jnp.ones((64, 64)), NamedSharding(mesh, P()))
+step = jax.jit(lambda w, x: w - 1e-6 * jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w) ** 2))(w))
+outputs = []
+for _ in range(400):  # a data-parallel step: one all-reduce over the 4 devices
+    w = step(w, x)
+    outputs.append(w)
+    ops.bound_in_flight(outputs, int(sys.argv[1]))
+print("DONE", float(jax.device_get(w)[0, 0]))
+"""
+
+
+def test_the_dispatch_bound_keeps_the_cpu_runtime_from_hanging():
+    """400 chained all-reduce steps on 4 CPU devices, dispatched without fetching: JAX's CPU
+    runtime hangs beyond 32 queued multi-device programs (measured at 40), so the train loop,
+    the evaluator and checkpoint saves bound their look-ahead with ops.bound_in_flight. In a
+    subprocess, so that a regression fails after a timeout instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    from nfdm_jax import ops
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    try:
+        out = subprocess.run([sys.executable, "-c", DISPATCH_AHEAD, str(ops.MAX_IN_FLIGHT)],
+                             cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{ops.MAX_IN_FLIGHT} dispatches in flight hung the CPU runtime: "
+                    f"{(e.stderr or '')[-1500:]}")
+    assert "DONE" in out.stdout, out.stderr[-3000:]

@@ -152,6 +152,10 @@ class Checkpointer:
         """
         if step in self.manager.all_steps():
             return
+        # The checksums are ~one program per leaf: dispatched while the steps that produce
+        # ``state`` are still queued, they could take every device slot those need
+        # (ops.MAX_IN_FLIGHT); a save syncs with the host anyway.
+        jax.block_until_ready(state)
         finite, leaves = summarise(state)
         if not finite:
             self.wait()

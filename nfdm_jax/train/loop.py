@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from nfdm_jax import decoders, evaluation, plotting
+from nfdm_jax import decoders, evaluation, ops, plotting
 from nfdm_jax.data import BatchIterator, DatasetSpec, eval_batches, make_datasets
 from nfdm_jax.models import Model
 from nfdm_jax.train import generate, quality, sharding, step as steps
@@ -234,6 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             batch, first = (first, None) if first is not None else (next(batches), None)
             state, metrics = train_step(state, batch)
             pending.append(metrics)
+            ops.bound_in_flight(pending)
             prev, step = step, step + t.steps_per_dispatch
             final = step >= t.num_steps
             save = final or _crossed(prev, step, t.checkpoint_every)
@@ -256,6 +257,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 progress.update(step)
             if save:
                 ckpt.save(step, state, batches.state)
+            if _crossed(prev, step, t.eval_every) or _crossed(prev, step, config.sample.every):
+                jax.block_until_ready(state)  # other programs' launches must not queue before its own
             if _crossed(prev, step, t.eval_every):
                 evaluated = eval_metrics(exp, state.ema_params)
                 writer.scalars(step, evaluated, "eval")

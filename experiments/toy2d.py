@@ -11,8 +11,8 @@ on an idle 2-core machine with an empty compilation cache (103 steps/s). The off
 (``--config.net.hidden=256 --config.train.batch_size=1024 --config.train.num_steps=100000``)
 take ~3 h on 2 cores.
 Expected: samples on the eight modes; NELBO well below the N(0, I) prior's ≈ 3.8 nats
-(measured: 2.69 ± 0.09 nats on the held-out set at step 6 000, K = 1; the true entropy is 2.82).
-Variants: ``tiny``, ``vdm``, ``flow_matching``, ``ot``.
+(measured: 2.68 ± 0.09 nats on the held-out set at step 6 000, K = 1; the true entropy is 2.82).
+Variants: ``tiny``, ``vdm``, ``flow_matching``, ``ot``, ``learned_sigma`` (the paper's learned σ).
 """
 from experiments import common
 from nfdm_jax import data

@@ -436,7 +436,9 @@ def conditioning_section(s: Settings, workroot: str) -> dict[str, Any]:
 
     ts = np.array([0.1, 0.3, 0.5, 0.7, 0.8, 0.9])
     out: dict[str, Any] = {}
-    not_edm = lambda c: None if c.model.parameterization == "edm" else "not an edm predictor"  # noqa: E731
+    def not_edm(c: ml_collections.ConfigDict) -> Optional[str]:
+        return None if c.model.parameterization == "edm" else "not an edm predictor"
+
     for label_, steps, c, name, workdir in _finished_seed0_runs(s, workroot, "conditioning",
                                                                 not_edm):
         def probe(exp: Any, params: Any, step: int) -> dict[str, list[float]]:

@@ -258,7 +258,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             if save:
                 ckpt.save(step, state, batches.state)
             if _crossed(prev, step, t.eval_every) or _crossed(prev, step, config.sample.every):
-                jax.block_until_ready(state)  # other programs' launches must not queue before its own
+                # Their programs must not queue ahead of the steps' launches (ops.MAX_IN_FLIGHT).
+                jax.block_until_ready(state)
             if _crossed(prev, step, t.eval_every):
                 evaluated = eval_metrics(exp, state.ema_params)
                 writer.scalars(step, evaluated, "eval")

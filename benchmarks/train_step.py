@@ -22,6 +22,8 @@ it prints one JSON line and, at the end, a table with:
   bounds a bandwidth-limited backend's time (CPUs) as FLOPs bound a compute-limited one;
 * ``temp_gib``, ``args_gib``, ``out_gib``: the compiled step's own buffers from
   ``memory_analysis()`` (temporaries, arguments, outputs), not the process's RSS;
+* ``forward_sigma``, ``forward_remat``: for models with a forward network, whether it learns
+  σ and what its U-Net rematerialises (both change its cost);
 * ``nfdm/vdm`` ratios of time, FLOPs and temporaries.
 
 ``--measure`` stops early: ``flops`` (lowering only: abstract shapes, no compile, no
@@ -173,6 +175,10 @@ def benchmark(config: ml_collections.ConfigDict, measure: str, peak_tflops: Opti
     out: dict[str, Any] = {"model": config.model.name, "batch": config.train.batch_size,
                            "dtype": config.net.dtype, "steps_per_dispatch": spd,
                            "device": f"{mesh_devices.size}x {mesh_devices[0].device_kind}"}
+    if s.model.spec.forward_net:
+        out["forward_sigma"] = s.model.forward_sigma
+        if len(s.shape) == 3:  # the U-Net's; the 2-D MLPs have no remat
+            out["forward_remat"] = config.net.forward_remat
     start, cpu = time.perf_counter(), time.process_time()
     lowered = s.fn.lower(s.abstract_state, s.abstract_batch)
     lower_s = time.perf_counter() - start

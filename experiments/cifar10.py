@@ -24,53 +24,48 @@ t-samples per image; ``--config.train.eval_t_samples=128`` for reported numbers)
 A bound carrying ~2.4 bits/dim of reconstruction cost could never reach the paper's 2.48;
 at δ = 1e-3 the term vanishes (VDM's γ_min = −13.3 likewise gives σ_0 ≈ 1.3e-3).
 
-Cost (``python -m benchmarks.train_step --config=experiments/cifar10.py
+Cost at batch 128 (``python -m benchmarks.train_step --config=experiments/cifar10.py
 --config.train.batch_size=128 --config.net.conv=xla --measure=memory
---config.net.forward_remat=...``, XLA's analyses on CPU, float32): 40.64 TFLOP per NFDM step,
-2.018× VDM's 20.14 (the floor is 2: the half-width forward net twice under ``jax.jvp``), and
-compiled temporaries by what the forward net rematerialises; column B is the same command
-under ``XLA_FLAGS="--xla_disable_hlo_passes=cse
---xla_cpu_enable_concurrency_optimized_scheduler=false"`` (VDM: 20.0 GiB instead of 28.1):
+--aot_topology=v5p:1x1x1``: XLA's TPU compiler on a machine without a TPU, whose memory
+analysis is the accelerator's own; rows in benchmarks/results/tpu_v5p_aot_cifar10_b128.jsonl).
+FLOPs are 2.03× VDM's (the floor is 2: the half-width forward net twice under ``jax.jvp``);
+compiled temporaries by what the forward net rematerialises (``net.forward_remat``):
+
+    compute    net.forward_remat      TFLOP   ×VDM    temp GiB   ×VDM
+    float32    none                   40.72   2.019   19.10      2.52
+    float32    attention (default)    40.85   2.026   16.04      2.12
+    bfloat16   attention (default)    40.89   2.026   15.33      2.07
+    (VDM: 20.16 TFLOP, 7.58 GiB in float32; 20.18, 7.42 GiB in bfloat16)
+
+"attention" recomputes the forward net's attention logits and softmax ([B, 4, 256, 256] at
+16×16, kept as primal and tangent under the jvp, in both calls) from q, k and v: their size
+does not shrink with the width, so they are the forward net's largest residuals per FLOP,
+and recomputing them costs +0.13 TFLOP (+0.3 %). With the paper's learned σ the memory is the
+same (19.09 GiB with "none"); there, "elementwise" (keep conv/matmul outputs, recompute norms,
+activations and FiLM) cost memory on the TPU (20.85 GiB), and bf16 compute alone did not
+shrink the temporaries (19.50 against 7.42 GiB).
+
+XLA:CPU's memory analysis (the same command without ``--aot_topology``) does not predict an
+accelerator's. It keeps 28.1 GiB for VDM, and it drops ``jax.checkpoint``'s optimisation
+barriers, so CSE merges recomputation back into the forward pass (of the forward net's 1.99
+recomputed TFLOP per call under "blocks", 1.06 survive compilation) and its default
+scheduler orders for concurrency, not memory. Column B is the same command under
+``XLA_FLAGS="--xla_disable_hlo_passes=cse
+--xla_cpu_enable_concurrency_optimized_scheduler=false"`` (VDM: 20.0 GiB):
 
     net.forward_remat   TFLOP   ×VDM    temp GiB   ×VDM    B: temp GiB   ×VDM
     none                40.64   2.018   90.1       3.21       73.7       3.69
+    attention           40.78   2.025   90.1       3.21       72.3       3.61
     elementwise         40.68   2.020   82.0       2.92       61.8       3.09
     blocks              44.62   2.216   84.0       2.99       66.2       3.31
     outer               42.55   2.113   86.2       3.07       69.3       3.47
 
-No option reaches issue #10's 2.05× FLOPs with 2.5× temporaries, so the default stays
-"none"; "elementwise" is the cheap saving (−8 GiB at +0.1 % FLOPs; on GPUs the recomputed
-elementwise ops cost time, not FLOPs). Full remat does not pay on XLA:CPU: it drops the
-optimisation barriers of ``jax.checkpoint`` and CSE merges recomputation back into the
-forward pass (of the forward net's 1.99 recomputed TFLOP per call, 1.06 survive
-compilation), and its default scheduler orders for concurrency, not memory; B keeps the
-recomputation, yet "blocks" still ends above "elementwise". The budget is small anyway:
-2.05× allows +0.64 TFLOP, a sixth of recomputing every forward-net block in both calls
-(+3.98), while 2.5× needs a third (B: 44 %) of the forward net's temporaries gone. Level 0
-(32×32, 128 channels) is not where memory per FLOP peaks: it holds ~48 % of the blocks'
-FLOPs ("outer": +1.91 TFLOP) for ~40 % of their residuals, because under the jvp every
-norm, activation and FiLM output is kept as primal and tangent at every level, and the
-16×16 attention blocks' logits and softmax ([B, 4, 256, 256], primal and tangent) are twice
-the size of a level-0 activation.
-
-On a TPU the ratio is at the target: the same command with ``--aot_topology=v5p:1x1x1``
-compiles the step with XLA's TPU compiler on a machine without a TPU (the ``libtpu`` wheel
-of ``jax[tpu]``), whose memory analysis is the accelerator's own (float32, batch 128):
-
-    model / net.forward_remat   TFLOP   ×VDM    temp GiB   ×VDM
-    VDM                         20.16   1       7.58       1
-    NFDM, none                  40.72   2.019   19.09      2.52
-    NFDM, elementwise           40.74   2.021   20.85      2.75
-    bf16: VDM                   20.18   1       7.42       1
-    bf16: NFDM, none            40.75   2.020   19.50      2.63
-The TPU compiler keeps a quarter of XLA:CPU's temporaries for the same program, and there
-"elementwise" remat costs memory instead of saving it, so "none" stays the default. bf16
-compute (``--config.net.dtype=bfloat16``) does not shrink the TPU's temporaries (the float32
-rows come from a one-off script around the same ``Step``; the bf16 rows from the flag itself;
-JSON in ``benchmarks/results/``).
+Recomputing whole blocks does not fit a 2.05× FLOP budget: it allows +0.64 TFLOP, a sixth of
+recomputing every forward-net block in both calls (+3.98). Level 0 (32×32, 128 channels)
+holds ~48 % of the blocks' FLOPs ("outer": +1.91 TFLOP) for ~40 % of their residuals.
 
 Compute dtype: float32 by default; ``--config.net.dtype=bfloat16`` did not change the test
-BPD of the digits config (5.79 vs 5.74 at step 600), so use it on GPUs/TPUs
+BPD of the digits config (paired +0.004 ± 0.018 at step 2000, 2 seeds), so use it on GPUs/TPUs
 (``bash benchmarks/gpu_cifar10.sh`` benchmarks exactly that: bf16, batch 128, NFDM and VDM).
 """
 from experiments import common

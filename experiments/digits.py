@@ -20,15 +20,16 @@ loss, where the levels are resolved, down to ~3 nats per image per unit t.
 
 Measured on an idle 2-core machine: 4 min 5 s wall in all with a cold compilation cache
 (26 s compiling the train step, 9.6 steps/s, with the learned-σ default of the same cost);
-test BPD 2.12 ± 0.15 at step 1000 and 1.991 ± 0.147 at step 2000 (K = 1 t-sample per test
-image; ± the standard error over images; 5 min 55 s beside the test suite). On CPU the
+test BPD 2.12 ± 0.15 at step 1000 and 1.988 ± 0.146 at step 2000 (K = 1 t-sample per test
+image; ± the standard error over images; seed 1: 1.974). On CPU the
 U-Net's convolutions run as matmuls (``net.conv = "auto"``): XLA's CPU convolutions spent
 90 % of the step in 341 small convolutions (0.44 → 3.5 steps/s on a loaded VM).
 Compute stays float32 (``net.dtype``): ``--config.net.dtype=bfloat16`` reached the same
-test BPD (5.79 vs 5.74 at step 600, 6.35 vs 6.45 at step 300, before the Fourier features:
-within run-to-run noise) but took 23 % more CPU time (217 vs 176 s), as CPUs lack fast bf16
-matmuls. Since bf16 did not cost likelihood here, the image configs may use it on GPUs/TPUs
-(``benchmarks/gpu_cifar10.sh`` measures its speed); their default stays float32.
+test BPD at step 2000, 1.974 and 1.995 for seeds 0 and 1 against float32's 1.988 and 1.974
+(paired +0.004 ± 0.018), but ran at 3.9 steps/s against 5.3 (two runs sharing the 2 cores),
+as CPUs lack fast bf16 matmuls. Since bf16 does not cost likelihood here, the image configs
+may use it on GPUs/TPUs (``benchmarks/gpu_cifar10.sh`` measures its speed; on a TPU it keeps
+4 % fewer temporaries, experiments/cifar10.py); their default stays float32.
 
 Meant for: a CPU. Predictor: ``edm`` (drifts.edm_preconditioned), the default of every neural
 model since issue #9, with the training split's mean and std (−0.39, 0.75 in bin-centre units)

@@ -14,6 +14,7 @@ def test_flop_count_and_ratio_table_without_compiling():
             for c in (config, train_step.as_vdm(config))]
     nfdm, vdm = rows
     assert (nfdm["model"], vdm["model"]) == ("nfdm", "vdm")
+    assert nfdm["forward_sigma"] == "base" and "forward_sigma" not in vdm
     # NFDM adds the forward network (two jvps) to VDM's predictor: strictly more FLOPs.
     assert nfdm["gflop_per_step"] > vdm["gflop_per_step"] > 0
     assert "compile_s" not in nfdm  # 'flops' stops after lowering

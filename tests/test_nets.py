@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 
 import flax
 import jax
@@ -48,7 +49,7 @@ def _count(tree) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-def _random_params(net, x: jax.Array, t: jax.Array, seed: int = 0):
+def _random_params(net, *inputs: jax.Array, seed: int = 0):
     """Random float32 parameters shaped like `net`'s, drawn with NumPy.
 
     A real `init` zeroes the output layers (hiding everything behind them) and costs
@@ -57,7 +58,7 @@ def _random_params(net, x: jax.Array, t: jax.Array, seed: int = 0):
     training), norm scales 1 + noise, everything else small noise.
     """
     rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(net.init, jax.random.key(0), x, t)["params"]
+    shapes = jax.eval_shape(net.init, jax.random.key(0), *inputs)["params"]
 
     def draw(path, leaf) -> jax.Array:
         names = [entry.key for entry in path]
@@ -205,8 +206,10 @@ def test_forward_remat_checkpoints_the_blocks_of_its_level(tiny):
     nets = _forward_nets_by_remat()
     counts = {r: _remat_count(nets[r], x, t) for r in FORWARD_REMATS}
     # 10 residual blocks and the middle attention; 5 at level 0: down0_0, down0_resample,
-    # up0_0, up0_1 and up1_resample (whose convolutions run at level 0's size).
-    assert counts == {"none": 0, "elementwise": 11, "blocks": 11, "outer": 5}, counts
+    # up0_0, up0_1 and up1_resample (whose convolutions run at level 0's size); "attention"
+    # checkpoints the middle attention's scores.
+    assert counts == {"none": 0, "attention": 1, "elementwise": 11, "blocks": 11,
+                      "outer": 5}, counts
 
 
 @pytest.mark.slow  # four eager U-Net jvp + grad passes: ~30 s on 2 cores
@@ -289,6 +292,37 @@ def test_head_channels_take_precedence():
     jax.eval_shape(AttentionBlock(num_heads=3, head_channels=8, groups=4).init, key, x)
     with pytest.raises(ValueError, match="attention heads"):
         jax.eval_shape(AttentionBlock(num_heads=3, head_channels=None, groups=4).init, key, x)
+
+
+def test_attention_remat_keeps_no_scores_and_changes_no_values(capsys):
+    """`remat_scores` drops the [..., L, L] logits and softmax from what the backward pass of
+    a jvp keeps (they grow with the tokens, not the width), and gives the same outputs,
+    tangents and gradients."""
+    side, c = 4, 8
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, side, side, c)), jnp.float32)
+    tokens = side * side
+    scores = re.compile(rf"\[(\d+,)+{tokens},{tokens}\]")
+    block = AttentionBlock(head_channels=c // 2, groups=4)
+    params = _random_params(block, x)
+
+    def loss(module, p):
+        # A tangent along x, as the time tangent reaches attention inside the forward net.
+        out, dout = jax.jvp(lambda xx: module.apply({"params": p}, xx), (x,), (x ** 2,))
+        return jnp.sum(out ** 2) + jnp.sum(jnp.sin(dout))
+
+    kept = {}
+    for remat in (False, True):
+        module = block.clone(remat_scores=remat)
+        jax.ad_checkpoint.print_saved_residuals(functools.partial(loss, module), params)
+        kept[remat] = len(scores.findall(capsys.readouterr().out.replace(" ", "")))
+    assert kept[False] >= 2 and kept[True] == 0, kept
+
+    value, grads = jax.value_and_grad(functools.partial(loss, block))(params)
+    remat_value, remat_grads = jax.value_and_grad(
+        functools.partial(loss, block.clone(remat_scores=True)))(params)
+    np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+    for g_remat, g in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(g_remat, g, rtol=1e-5, atol=1e-6)
 
 
 def test_zero_forward_net_gives_straight_path(tiny):

@@ -184,6 +184,11 @@ class AttentionBlock(nn.Module):
 
     x: [B, H, W, C] -> [B, H, W, C] in `dtype`. The number of heads is C // head_channels
     when head_channels is set (ADM's num_head_channels takes precedence), else num_heads.
+
+    `remat_scores`: keep only q, k and v for the backward pass and recompute the logits and
+    softmax ([B, heads, HW, HW], twice each under `jax.jvp`) from them. Their size does not
+    shrink with the width, so in a narrow network they outweigh the activations, while
+    recomputing them costs 2·B·(HW)²·C FLOPs per matmul, a few % of a block's.
     """
 
     num_heads: int = 4
@@ -191,6 +196,7 @@ class AttentionBlock(nn.Module):
     groups: int = 32
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat_scores: bool = False
 
     def _heads(self, channels: int) -> int:
         heads = channels // self.head_channels if self.head_channels else self.num_heads
@@ -208,7 +214,10 @@ class AttentionBlock(nn.Module):
         q, k, v = (qkv[:, :, i] for i in range(3))
         # jax.nn.dot_product_attention keeps logits and softmax in float32 for bf16 inputs
         # and can dispatch to fused kernels on GPU.
-        out = jax.nn.dot_product_attention(q, k, v).reshape(b, height, width, c)
+        attend = jax.nn.dot_product_attention
+        if self.remat_scores:
+            attend = jax.checkpoint(attend)
+        out = attend(q, k, v).reshape(b, height, width, c)
         out = nn.Dense(
             c, kernel_init=nn.initializers.zeros, dtype=self.dtype,
             param_dtype=self.param_dtype, name="proj_out",

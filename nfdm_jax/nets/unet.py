@@ -33,7 +33,7 @@ _ATTENTION_BLOCKS = {"none": AttentionBlock, "full": _RematAttentionBlock,
                      "elementwise": _ElementwiseRematAttentionBlock}
 
 # Values of `block_remat`, see `_ADMBackbone`.
-BLOCK_REMATS = ("none", "elementwise", "blocks", "outer")
+BLOCK_REMATS = ("none", "attention", "elementwise", "blocks", "outer")
 
 
 class _ADMBackbone(nn.Module):
@@ -56,7 +56,8 @@ class _ADMBackbone(nn.Module):
       param_dtype: parameter dtype.
       remat: rematerialise every residual/attention block in the backward pass.
       block_remat: finer choice of what to rematerialise (ignored when `remat`), one of
-        `BLOCK_REMATS`: "none"; "elementwise" (every block keeps its convolution and
+        `BLOCK_REMATS`: "none"; "attention" (only the attention logits and softmax, see
+        `AttentionBlock.remat_scores`); "elementwise" (every block keeps its convolution and
         matmul outputs and recomputes the norms, activations, FiLM and softmax between
         them); "blocks" (every block, like `remat`); "outer" (only the blocks at the
         highest resolution, level 0 of `channel_mults`).
@@ -97,8 +98,8 @@ class _ADMBackbone(nn.Module):
             return "full"
         if self.block_remat not in BLOCK_REMATS:
             raise ValueError(f"block_remat={self.block_remat!r}; known: {BLOCK_REMATS}")
-        return {"none": "none", "elementwise": "elementwise", "blocks": "full",
-                "outer": "full" if outer else "none"}[self.block_remat]
+        return {"none": "none", "attention": "none", "elementwise": "elementwise",
+                "blocks": "full", "outer": "full" if outer else "none"}[self.block_remat]
 
     def _res_block(self, out_channels: int, name: str, outer: bool,
                    resample: Resample = "none") -> ResBlock:
@@ -112,7 +113,8 @@ class _ADMBackbone(nn.Module):
         cls = _ATTENTION_BLOCKS[self._remat_mode(outer)]
         return cls(
             self.num_heads, self.head_channels, self.norm_groups,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            dtype=self.dtype, param_dtype=self.param_dtype,
+            remat_scores=not self.remat and self.block_remat == "attention", name=name,
         )
 
     def _dense(self, features: int, name: str) -> nn.Dense:

@@ -18,8 +18,8 @@ features), at whose period 2/16 (n = 4) every level has the same phase: test BPD
 step 2000 (K = 1; 2.11 at step 1000). The per-t profile (reports/fidelity) shows the small-t
 loss, where the levels are resolved, down to ~3 nats per image per unit t.
 
-Measured on an idle 2-core machine: 4 min 5 s wall in all with a cold compilation cache
-(26 s compiling the train step, 9.6 steps/s, with the learned-σ default of the same cost);
+Measured on an idle 2-core machine: 4 min 30 s wall in all with a cold compilation cache
+(8.6 steps/s over the run, compiling and evaluating included);
 test BPD 2.12 ± 0.15 at step 1000 and 1.988 ± 0.146 at step 2000 (K = 1 t-sample per test
 image; ± the standard error over images; seed 1: 1.974). On CPU the
 U-Net's convolutions run as matmuls (``net.conv = "auto"``): XLA's CPU convolutions spent

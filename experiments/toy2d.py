@@ -5,8 +5,8 @@ Launch::
     python -m experiments.run --config=experiments/toy2d.py --workdir=/tmp/nfdm_toy2d
 
 MLPs (128 wide, 3 hidden layers), Adam 1e-3, batch 512, 6 000 steps (100 per dispatch),
-t ~ U[0, 1] (stratified), δ = 0.01, continuous data. Meant for: one CPU; measured 1 min 7 s
-on an idle 2-core machine with an empty compilation cache (103 steps/s). The official toy's
+t ~ U[0, 1] (stratified), δ = 0.01, continuous data. Meant for: one CPU; measured 1 min 15 s
+on an idle 2-core machine with an empty compilation cache (95 steps/s). The official toy's
 256-wide MLPs at batch 1024 for 1e5 steps
 (``--config.net.hidden=256 --config.train.batch_size=1024 --config.train.num_steps=100000``)
 take ~3 h on 2 cores.

@@ -70,7 +70,7 @@ def base_config() -> ConfigDict:
     n.dtype = "float32"            # compute dtype: float32 | bfloat16 (parameters stay float32)
     n.remat = False
     # Forward net only (it runs under jax.jvp): none | attention (recompute the attention
-    # logits and softmax: −16 % of the CIFAR-10 step's temporaries for +0.4 % FLOPs, see
+    # logits and softmax: −16 % of the CIFAR-10 step's temporaries for +0.3 % FLOPs, see
     # experiments/cifar10.py) | elementwise (recompute norms and activations) | blocks
     # (recompute every block) | outer (every block at level 0).
     n.forward_remat = "attention"

@@ -30,10 +30,10 @@ SAMPLERS = ("sde", "ode")
 SCHEDULES = ("polynomial", "constant")
 DTYPES = ("float32", "bfloat16")
 # Fields that must equal the stored config.json on resume (they define the model and the
-# data it was trained on); data_dir (where the data lives) and eval_size may change.
+# data it was trained on), except those that may change: where the data lives, the eval
+# size, and how the networks are computed (remat, convolution implementation: memory and
+# speed on the machine at hand, not the function trained).
 RESUME_FIXED = ("seed", "model", "net", "data")
-# Where the data lives, and how the networks are computed (rematerialisation, convolution
-# implementation: memory and speed on the machine at hand, not the function trained).
 RESUME_FREE = ("data.data_dir", "data.eval_size", "net.remat", "net.forward_remat", "net.conv")
 MAX_SEED = 2 ** 31
 

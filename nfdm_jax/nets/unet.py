@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,9 +30,12 @@ _ELEMENTWISE_POLICY = jax.checkpoint_policies.save_from_both_policies(
     jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(CONV_NAME))
 _ElementwiseRematResBlock = nn.remat(ResBlock, static_argnums=(3,), policy=_ELEMENTWISE_POLICY)
 _ElementwiseRematAttentionBlock = nn.remat(AttentionBlock, policy=_ELEMENTWISE_POLICY)
-_RES_BLOCKS = {"none": ResBlock, "full": _RematResBlock, "elementwise": _ElementwiseRematResBlock}
+# "scores": residual blocks as they are, attention recomputing only its logits and softmax.
+_RES_BLOCKS = {"none": ResBlock, "full": _RematResBlock, "elementwise": _ElementwiseRematResBlock,
+               "scores": ResBlock}
 _ATTENTION_BLOCKS = {"none": AttentionBlock, "full": _RematAttentionBlock,
-                     "elementwise": _ElementwiseRematAttentionBlock}
+                     "elementwise": _ElementwiseRematAttentionBlock,
+                     "scores": functools.partial(AttentionBlock, remat_scores=True)}
 
 # Values of `block_remat`, see `_ADMBackbone`.
 BLOCK_REMATS = ("none", "attention", "elementwise", "blocks", "outer")
@@ -92,13 +97,13 @@ class _ADMBackbone(nn.Module):
             raise ValueError(f"expected {self.cond_channels} conditioning channels, got {got}")
 
     def _remat_mode(self, outer: bool) -> str:
-        """"none" | "full" | "elementwise" for a block; `outer`: whether it runs at the
+        """"none" | "full" | "elementwise" | "scores" for a block; `outer`: whether it runs at the
         highest resolution (level 0)."""
         if self.remat:
             return "full"
         if self.block_remat not in BLOCK_REMATS:
             raise ValueError(f"block_remat={self.block_remat!r}; known: {BLOCK_REMATS}")
-        return {"none": "none", "attention": "none", "elementwise": "elementwise",
+        return {"none": "none", "attention": "scores", "elementwise": "elementwise",
                 "blocks": "full", "outer": "full" if outer else "none"}[self.block_remat]
 
     def _res_block(self, out_channels: int, name: str, outer: bool,
@@ -113,8 +118,7 @@ class _ADMBackbone(nn.Module):
         cls = _ATTENTION_BLOCKS[self._remat_mode(outer)]
         return cls(
             self.num_heads, self.head_channels, self.norm_groups,
-            dtype=self.dtype, param_dtype=self.param_dtype,
-            remat_scores=not self.remat and self.block_remat == "attention", name=name,
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
         )
 
     def _dense(self, features: int, name: str) -> nn.Dense:

@@ -41,28 +41,11 @@ compiled temporaries by what the forward net rematerialises (``net.forward_remat
 16×16, kept as primal and tangent under the jvp, in both calls) from q, k and v: their size
 does not shrink with the width, so they are the forward net's largest residuals per FLOP,
 and recomputing them costs +0.13 TFLOP (+0.3 %). With the paper's learned σ the memory is the
-same (19.09 GiB with "none"); there, "elementwise" (keep conv/matmul outputs, recompute norms,
-activations and FiLM) cost memory on the TPU (20.85 GiB), and bf16 compute alone did not
-shrink the temporaries (19.50 against 7.42 GiB).
-
-XLA:CPU's memory analysis (the same command without ``--aot_topology``) does not predict an
-accelerator's. It keeps 28.1 GiB for VDM, and it drops ``jax.checkpoint``'s optimisation
-barriers, so CSE merges recomputation back into the forward pass (of the forward net's 1.99
-recomputed TFLOP per call under "blocks", 1.06 survive compilation) and its default
-scheduler orders for concurrency, not memory. Column B is the same command under
-``XLA_FLAGS="--xla_disable_hlo_passes=cse
---xla_cpu_enable_concurrency_optimized_scheduler=false"`` (VDM: 20.0 GiB):
-
-    net.forward_remat   TFLOP   ×VDM    temp GiB   ×VDM    B: temp GiB   ×VDM
-    none                40.64   2.018   90.1       3.21       73.7       3.69
-    attention           40.78   2.025   90.1       3.21       72.3       3.61
-    elementwise         40.68   2.020   82.0       2.92       61.8       3.09
-    blocks              44.62   2.216   84.0       2.99       66.2       3.31
-    outer               42.55   2.113   86.2       3.07       69.3       3.47
-
-Recomputing whole blocks does not fit a 2.05× FLOP budget: it allows +0.64 TFLOP, a sixth of
-recomputing every forward-net block in both calls (+3.98). Level 0 (32×32, 128 channels)
-holds ~48 % of the blocks' FLOPs ("outer": +1.91 TFLOP) for ~40 % of their residuals.
+same (19.09 GiB with "none"), and bf16 compute alone did not shrink the temporaries (19.50
+against 7.42 GiB). XLA:CPU's memory analysis (the same command without ``--aot_topology``)
+does not predict an accelerator's (it drops ``jax.checkpoint``'s optimisation barriers), so
+the coarser remat modes measured only there were removed (reports/README.md, "What was
+tried and removed").
 
 Compute dtype: float32 by default; ``--config.net.dtype=bfloat16`` did not change the test
 BPD of the digits config (paired +0.004 ± 0.018 at step 2000, 2 seeds), so use it on GPUs/TPUs

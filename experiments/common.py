@@ -23,21 +23,16 @@ def base_config() -> ConfigDict:
     c.model = m = ConfigDict()
     m.name = "nfdm"                # a key of nfdm_jax.models.MODELS
     m.delta = 1e-3                 # σ at t = 0; see the image configs for why not 0.01
-    m.volatility = "learned"       # learned | vp_matching | neural_matched | delta_matched | sigmoid | zero
+    m.volatility = "learned"       # learned | vp_matching | neural_matched | delta_matched | zero
     m.volatility_base = "neural_matched"  # start of a learned g²: neural_matched | delta_matched
     m.volatility_hidden = 64
     # Predictor: edm (EDM scalings from the untrained process and the data's statistics) |
-    # preconditioned (the paper's) | x | eps (VP models). See nfdm_jax.models.
+    # preconditioned (the paper's) | eps (VP models). See nfdm_jax.models.
     m.parameterization = "edm"
     # Per-channel mean and std of the data in the model's convention, for 'edm'; the
     # experiment configs measure them from the training split (nfdm_jax.data.channel_stats).
     m.data_mean = config_dict.placeholder(tuple)
     m.data_std = config_dict.placeholder(tuple)
-    # 'edm' with a learned forward process: scale by its σ(t), tracked as an EMA over the
-    # training batches (nfdm_jax.noise_stats), not the untrained process's (issue #9).
-    m.edm_track_sigma = True
-    m.edm_track_decay = 0.999
-    m.edm_noise_time = False       # with edm_track_sigma: the predictor sees the noise's time
     # What the forward network sets: base (μ only; σ stays the untrained process's) |
     # learned (μ and σ, the paper's) | None: the model's default (nfdm: base, since a
     # learned σ inflates 5–10× on the NELBO, issue #9; nfdm_ot and nfbm: learned).
@@ -48,14 +43,6 @@ def base_config() -> ConfigDict:
     m.gamma = "linear"             # VP schedule: linear | cosine (vdm_learned learns its own)
     m.gamma_min = -13.3
     m.gamma_max = 5.0
-    m.t_min = 0.0                  # clip t to [t_min, 1 − t_min]; 0 = no clipping
-    # Training's t: uniform (stratified) | importance (stratified under a running estimate
-    # of √E[ℓ(t)²] on t_sampling_bins bins, L_diff weighted by 1/p(t); nfdm_jax.time_sampling).
-    # Evaluation always uses uniform t.
-    m.t_sampling = "uniform"
-    m.t_sampling_bins = 32
-    m.t_sampling_decay = 0.99      # EMA weight of the past per step
-    m.t_sampling_uniform = 0.1     # uniform share of the density: weights ≤ 1 / this
     m.curvature_weight = 0.0       # NFDM-OT λ
     m.obstacle_weight = 0.0        # NFBM obstacle λ_obs
     m.obstacle_centre = (0.0, 0.0)
@@ -70,9 +57,8 @@ def base_config() -> ConfigDict:
     n.dtype = "float32"            # compute dtype: float32 | bfloat16 (parameters stay float32)
     n.remat = False
     # Forward net only (it runs under jax.jvp): none | attention (recompute the attention
-    # logits and softmax: −16 % of the CIFAR-10 step's temporaries for +0.3 % FLOPs, see
-    # experiments/cifar10.py) | elementwise (recompute norms and activations) | blocks
-    # (recompute every block) | outer (every block at level 0).
+    # logits and softmax: −16 % of the CIFAR-10 step's TPU temporaries for +0.3 % FLOPs,
+    # see experiments/cifar10.py).
     n.forward_remat = "attention"
     n.conv = "auto"                # auto (matmul on CPU, XLA conv elsewhere) | xla | matmul
     n.hidden = 256                 # 2-D MLPs
@@ -100,14 +86,8 @@ def base_config() -> ConfigDict:
     o.b2 = 0.999
     o.eps = 1e-8
     o.weight_decay = 0.0
-    o.clip_norm = 1.0              # max gradient norm, see o.clip
-    # global (one norm over all parameters) | per_group. NFDM's forward net has 2–4× the
-    # predictor's gradient norm; per group it moved faster, inflated σ(t) further and gained
-    # nothing on the digits (reports/fidelity/README.md), so global stays the default.
-    o.clip = "global"
+    o.clip_norm = 1.0              # max global gradient norm (nfdm_jax.train.optimizer)
     o.ema_decay = 0.9999
-    # Learning-rate multipliers per parameter group (optax.multi_transform).
-    o.lr_scale = ConfigDict({"forward": 1.0, "predictor": 1.0, "volatility": 1.0, "gamma": 1.0})
 
     c.train = t = ConfigDict()
     t.batch_size = 256             # global, over all processes
@@ -174,8 +154,7 @@ def apply_variants(c: ConfigDict, arg: str, variants: dict[str, Variant]) -> Con
 
 def model_variants() -> dict[str, Variant]:
     """Baselines on the same network and data: VDM, learned-γ VDM, flow matching, NFDM-OT,
-    the frozen-process control, and NFDM with the edm scalings fixed at the untrained
-    process."""
+    the frozen-process control, and the paper's learned-σ NFDM."""
 
     def vdm(c: ConfigDict) -> None:
         c.model.name, c.model.volatility, c.model.parameterization = "vdm", "vp_matching", "eps"
@@ -193,25 +172,10 @@ def model_variants() -> dict[str, Variant]:
         # and g at that process's matched volatility; isolates what learning q adds.
         c.model.name, c.model.volatility = "nfdm_frozen", "neural_matched"
 
-    def fixed_scalings(c: ConfigDict) -> None:
-        # NFDM with the edm scalings held at the untrained process (the default before
-        # they tracked the learned σ(t)): isolates what the tracking adds.
-        c.model.edm_track_sigma = False
-
-    def noise_time(c: ConfigDict) -> None:
-        # The predictor's time input follows the tracked σ (EDM's c_noise), so that the
-        # learned process's growing noise is no moving target for it.
-        c.model.edm_noise_time = True
-
     def learned_sigma(c: ConfigDict) -> None:
         # The paper's NFDM: the forward network sets σ(t) as well as μ. Trained on the
         # NELBO it inflates σ 5–10× and ends behind :vdm at 24 000 digits steps (issue #9).
         c.model.forward_sigma = "learned"
-
-    def importance(c: ConfigDict) -> None:
-        # t from the running loss profile (nfdm_jax.time_sampling): composes with the
-        # others, e.g. "frozen,importance".
-        c.model.t_sampling = "importance"
 
     def ot(c: ConfigDict) -> None:
         c.model.name, c.model.volatility = "nfdm_ot", "zero"
@@ -219,5 +183,4 @@ def model_variants() -> dict[str, Variant]:
         c.sample.method, c.sample.steps = "ode", 12
 
     return {"vdm": vdm, "vdm_learned": vdm_learned, "flow_matching": flow_matching,
-            "frozen": frozen, "fixed_scalings": fixed_scalings, "noise_time": noise_time,
-            "learned_sigma": learned_sigma, "importance": importance, "ot": ot}
+            "frozen": frozen, "learned_sigma": learned_sigma, "ot": ot}

@@ -32,8 +32,8 @@ and sliced Wasserstein-2 to held-out ring samples, mean ± s.e. over seeds; stra
 S / E‖z1 − z0‖² and NFDM-OT's mean forward σ(t) of the seed-0 models.
 
 *Ablation* (section ``ablation``): NFDM on the ring, one change at a time from the
-default: the paper's predictor, the forward network's time features at scale 1000,
-per-group gradient clipping; and VP with the edm predictor.
+default: the paper's predictor, the forward network's time features at scale 1000; and VP
+with the edm predictor.
 
 Sections are keyed by their step count (digits: by run), and each invocation merges into
 ``results.json`` (:func:`merge_results`), so a run at another ``--steps`` or of more
@@ -53,9 +53,9 @@ process has moved from the untrained one that fixes the ``edm`` scalings
 predictor network's input c_in (z − E z) and of its regression target (x − x̂_linear) / c_out
 with z drawn from the model's own process (1 and 1 for Gaussian data at the untrained one).
 
-*Gradient noise* (section ``gradient_noise``, not in the default list): for the same finished
-runs, the noise and signal of the training gradient per parameter group, with t uniform and
-importance-sampled (:func:`gradient_noise`).
+Rows of ``results.json`` measured with knobs since removed (importance-sampled t, per-group
+clipping, tracked ``edm`` scalings, the gradient-noise section) still render; they reproduce
+at commit ffd2892 (reports/README.md, "What was tried and removed").
 """
 from __future__ import annotations
 
@@ -76,9 +76,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments import digits, report_lib as lib, toy2d, toy2d_ot
-from nfdm_jax import drifts, losses, sampling, time_sampling
+from nfdm_jax import drifts, losses, sampling
 from nfdm_jax.metrics.sample_distances import sliced_wasserstein
-from nfdm_jax.models import MODELS, Model, Params
+from nfdm_jax.models import Model, Params
 from nfdm_jax.train import optimizer as optim
 from nfdm_jax.train import step as train_step
 
@@ -86,6 +86,7 @@ POOL_SIZE = 2 ** 18
 LABELS = {"vp": "VP (vdm)", "vdm_learned": "VDM, learned γ", "nfdm": "NFDM",
           "nfdm_frozen": "NFDM :frozen", "flow_matching": "flow matching",
           "nfdm_learned_sigma": "NFDM :learned_sigma (the paper's σ)",
+          # Rows of results.json measured with knobs since removed (reproduce at ffd2892).
           "nfdm_learned_sigma_importance": "NFDM :learned_sigma,importance",
           # Rows measured before toy2d.py's flow matching took the paper's predictor.
           "flow_matching_edm": "flow matching, edm predictor (stuck at its start)"}
@@ -97,7 +98,6 @@ MODELS_2D: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "nfdm_frozen": (toy2d, "frozen", {}),
     "flow_matching": (toy2d, "flow_matching", {}),
     "nfdm_learned_sigma": (toy2d, "learned_sigma", {}),
-    "nfdm_learned_sigma_importance": (toy2d, "learned_sigma,importance", {}),
 }
 ABLATIONS: dict[str, tuple[Any, str, dict[str, Any]]] = {
     # Measured with the paper's learned σ, the default of the time.
@@ -105,8 +105,6 @@ ABLATIONS: dict[str, tuple[Any, str, dict[str, Any]]] = {
                                                {"model.parameterization": "preconditioned"}),
     "nfdm :learned_sigma, forward time scale 1000": (toy2d, "learned_sigma",
                                                      {"net.forward_time_scale": 1000.0}),
-    "nfdm :learned_sigma, per-group clipping": (toy2d, "learned_sigma",
-                                                {"optim.clip": "per_group"}),
     "vp, edm predictor": (toy2d, "vdm", {"model.parameterization": "edm"}),
 }
 
@@ -383,22 +381,19 @@ def conditioning_stats(model: Model, params: Params, x: jax.Array, ts: np.ndarra
     """At each t of ``ts``: the mean σ(t) over ``x`` ``[N, *D]`` of the model's forward
     process and of its ``edm`` base (the untrained process), and the std over x and one ε of
     the predictor network's input c_in (z − E z) and regression target (x − x̂_linear) / c_out,
-    with z from the model's own process and the scalings the predictor uses (those of the
-    base, or of the tracked σ(t): :func:`drifts.edm_scalings`, :mod:`nfdm_jax.noise_stats`)."""
+    with z from the model's own process and the base's scalings (:func:`drifts.edm_scalings`)."""
     fwd, base = model.forward_fn(params), model.spec.base_process(model, params, None)
-    ratio = model.noise_log_ratio_fn(params)
     eps = jax.random.normal(key, x.shape)
     # The edm predictor with its network at 0 is the linear posterior mean.
     linear_mean = drifts.edm_preconditioned(lambda h, t: jnp.zeros_like(x), base,
-                                            model.data_mean, model.data_std, (), ratio)
+                                            model.data_mean, model.data_std, ())
 
     @jax.jit
     def at(t: jax.Array) -> jax.Array:
         tt = jnp.full((x.shape[0],), t)
         mu, log_sigma = fwd(x, tt)
         z = mu + jnp.exp(log_sigma) * eps
-        c = drifts.edm_scalings(base, z, tt, model.data_mean, model.data_std,
-                                None if ratio is None else ratio(tt))
+        c = drifts.edm_scalings(base, z, tt, model.data_mean, model.data_std)
         linear = linear_mean(z, tt)
         return jnp.stack([jnp.mean(jnp.exp(log_sigma)), jnp.mean(jnp.exp(base(x, tt)[1])),
                           jnp.std(c.c_in * (z - c.offset)), jnp.std((x - linear) / c.c_out)])
@@ -449,71 +444,6 @@ def conditioning_section(s: Settings, workroot: str) -> dict[str, Any]:
 
         out[name] = {"variant": label_, "steps": steps, "t": ts.tolist(),
                      **loop.from_latest(c, workdir, "probe", probe)}
-    return out
-
-
-def gradient_noise(config: ml_collections.ConfigDict, params: Params, x: jax.Array,
-                   key: jax.Array, batch_size: int = 32, draws: int = 96,
-                   fill: int = 64) -> dict[str, dict[str, float]]:
-    """The noise of the training gradient per trained group at ``params``, with t uniform
-    and importance-sampled (:mod:`nfdm_jax.time_sampling`), on batches of ``batch_size``
-    drawn from ``x`` ``[N, *D]``.
-
-    For each group and sampler, over ``draws`` gradients of the loss: ``noise`` = E‖g − ḡ‖²
-    (the trace of their covariance) and ``signal`` = ‖ḡ‖² less its sampling bias noise / n;
-    under ``"loss"``, the std of the batch loss (bits/dim up to ln 2) over the draws.
-    The importance density is a histogram of ``fill`` uniform-t batches of 128, so every bin
-    is well estimated (training's own running density is noisier).
-    """
-    def model(t_sampling: str) -> Model:
-        c = ml_collections.ConfigDict(config.to_dict())
-        c.model.t_sampling = t_sampling
-        return Model(c, x.shape[1:])
-
-    uniform, importance = model("uniform"), model("importance")
-    params = {k: v for k, v in params.items() if k != "t_density"}
-    empty = time_sampling.init(config.model.t_sampling_bins)
-    # From an empty histogram t is uniform and the returned one holds just that batch.
-    batch_hist = jax.jit(lambda b, k: importance.loss_and_stats(
-        params | {"t_density": empty}, b, k)[1][1]["t_density"])
-    rng = np.random.default_rng(0)
-    hist = jax.tree.map(lambda *v: sum(v), *[batch_hist({"x": x[rng.choice(len(x), 128)]},
-                                          jax.random.fold_in(key, i)) for i in range(fill)])
-    out: dict[str, dict[str, float]] = {}
-    for name, m, p in (("uniform", uniform, params),
-                       ("importance", importance, params | {"t_density": hist})):
-        grad = jax.jit(jax.value_and_grad(lambda p, b, k: m.loss(p, b, k)[0]))
-        values, gs = zip(*[grad(p, {"x": x[rng.choice(len(x), batch_size)]},
-                                jax.random.fold_in(key, 10_000 + i)) for i in range(draws)])
-        out.setdefault("loss", {})[f"{name}_std"] = float(np.std(values, ddof=1))
-        for group in optim.GROUPS:
-            flat = np.stack([np.concatenate([np.ravel(v) for v in jax.tree.leaves(g[group])]
-                                            or [np.zeros(1)]) for g in gs])
-            if not flat.any():
-                continue
-            mean = flat.mean(0)
-            noise = float(np.mean(np.sum(np.square(flat - mean), axis=1)))
-            out.setdefault(group, {})[f"{name}_noise"] = noise
-            out[group][f"{name}_signal"] = float(np.sum(np.square(mean))) - noise / (draws - 1)
-    return out
-
-
-def gradient_noise_section(s: Settings, workroot: str) -> dict[str, Any]:
-    from nfdm_jax.train import loop
-
-    out: dict[str, Any] = {}
-    not_nelbo = lambda c: (None if MODELS[c.model.name].objective == "nelbo"  # noqa: E731
-                           else "not a NELBO model")
-    for label_, steps, c, name, workdir in _finished_seed0_runs(s, workroot, "gradient_noise",
-                                                                not_nelbo):
-        def probe(exp: Any, params: Any, step: int) -> dict[str, Any]:
-            source = exp.data.train["x"]
-            x = jnp.asarray(source.take(np.arange(len(source)))["x"])
-            return gradient_noise(c, params, x, jax.random.key(2))
-
-        out[name] = {"variant": label_, "steps": steps,
-                     "groups": loop.from_latest(c, workdir, "probe", probe)}
-        print(f"  gradient_noise/{name}: {out[name]['groups']}", flush=True)
     return out
 
 
@@ -862,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits_seeds", type=int, default=None)
     parser.add_argument("--digits_variants", default=None,
                         help="comma-separated digits.py variants; 'nfdm' is the config "
-                             "itself, '+' composes (frozen+importance)")
+                             "itself, '+' composes (frozen+learned_sigma)")
     parser.add_argument("--curvature_weights", default=None,
                         help="comma-separated NFDM-OT curvature weights λ (section nfe)")
     parser.add_argument("--quick", action="store_true")
@@ -922,9 +852,6 @@ def main(argv: list[str] | None = None) -> None:
         save(res, args.out)
     if "conditioning" in sections:
         res["conditioning"] = conditioning_section(s, args.digits_workdir)
-        save(res, args.out)
-    if "gradient_noise" in sections:
-        res["gradient_noise"] = gradient_noise_section(s, args.digits_workdir)
         save(res, args.out)
     print(f"[{time.perf_counter() - start:.0f} s] wrote {args.out}", flush=True)
 

@@ -1,29 +1,24 @@
-"""Building blocks of the 2-D report (``experiments/toy2d_report.py``).
+"""Building blocks of the fidelity report (``experiments/fidelity_report.py``).
 
-Closed-form densities, a scan-fused trainer around ``nfdm_jax.train.step``, and the
-measurements the report takes of a trained model: the NELBO with many t-samples per
-point, the exact ODE log-likelihood, the straightness of generated ODE paths, sample
-quality against the number of function evaluations, and obstacle crossings of bridges.
+Closed-form 2-D densities, batches from fixed pools, and the measurements the report
+takes of a trained model: the NELBO with many t-samples per point, the exact ODE
+log-likelihood, the straightness of generated ODE paths and sample quality against the
+number of function evaluations.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from nfdm_jax import drifts, evaluation, likelihood, sampling, volatility
+from nfdm_jax import drifts, evaluation, likelihood, sampling
 from nfdm_jax.data import ArraySource, eval_batches
 from nfdm_jax.data.toy2d import eight_gaussians
 from nfdm_jax.metrics.sample_distances import energy_distance
 from nfdm_jax.models import Batch, Model, Params
-from nfdm_jax.train import optimizer as optim
-from nfdm_jax.train import step as train_step
-from nfdm_jax.train.progress import Progress
-from nfdm_jax.train.state import TrainState
 
 Array = jax.Array
 BatchSampler = Callable[[Array], Batch]
@@ -101,34 +96,6 @@ def pool_sampler(pools: dict[str, np.ndarray], batch_size: int) -> BatchSampler:
     return sample
 
 
-def fit(model: Model, config: ml_collections.ConfigDict, sample_batch: BatchSampler,
-        key: Array, *, steps: int, chunk: int) -> tuple[Params, np.ndarray]:
-    """Trains with the library's step and optimiser; returns the EMA parameters and the mean
-    loss of every chunk of ``chunk`` steps (each chunk is one jitted ``lax.scan`` dispatch).
-    """
-    k_init, k_train, k_data = jax.random.split(key, 3)
-    optimizer = optim.make_optimizer(config.optim, steps)
-    schedule = optim.learning_rate(config.optim, steps)
-    state = train_step.init_state(model, optimizer, k_init, sample_batch(k_data))
-    step_fn = train_step.make_train_step(model, optimizer, schedule, k_train,
-                                         config.optim.ema_decay)
-
-    @jax.jit
-    def run_chunk(state: TrainState, key: Array) -> tuple[TrainState, Array]:
-        batches = jax.vmap(sample_batch)(jax.random.split(key, chunk))  # [chunk, B, ...]
-        state, metrics = step_fn(state, batches)
-        return state, metrics["loss"]
-
-    losses = []
-    total = max(1, steps // chunk)
-    progress = Progress("fit", total * chunk, unit="steps")
-    for i in range(total):
-        state, loss = run_chunk(state, jax.random.fold_in(k_data, i))
-        losses.append(loss.block_until_ready())  # one sync per chunk, for an honest rate
-        progress.update((i + 1) * chunk)
-    return state.ema_params, np.asarray(jax.device_get(losses))
-
-
 # --------------------------------------------------------------------------- measurements
 
 MeanSE = evaluation.MeanSE
@@ -200,14 +167,6 @@ def euler_samples(drift: drifts.Drift, z1: Array, nfe: int) -> np.ndarray:
     return np.asarray(jax.jit(lambda z: sampling.euler(drift, z, num_steps=nfe))(z1))
 
 
-def sde_samples(model: Model, params: Params, z1: Array, key: Array,
-                num_steps: int) -> np.ndarray:
-    """Samples z_0 ``[N, 2]`` of the model's reverse SDE by Euler–Maruyama."""
-    run = jax.jit(lambda z, k: sampling.euler_maruyama(
-        model.drift_fn(params), model.volatility_fn(params), z, k, num_steps=num_steps))
-    return np.asarray(run(z1, key))
-
-
 def energy(x: np.ndarray, y: np.ndarray) -> float:
     """The library's (V-statistic) squared energy distance, as a float."""
     return float(jax.jit(energy_distance)(jnp.asarray(x), jnp.asarray(y)))
@@ -220,42 +179,3 @@ def energy_noise_floor(sample: Callable[[np.random.Generator, int], np.ndarray],
     rng = np.random.default_rng(seed)
     values = [energy(sample(rng, n), sample(rng, n)) for _ in range(repeats)]
     return MeanSE(float(np.mean(values)), float(np.std(values, ddof=1)))
-
-
-def bridge_trajectory(model: Model, params: Params, x1: Array, key: Array, num_steps: int,
-                      stochastic: bool) -> sampling.Trajectory:
-    """Generated bridge paths from the source points ``x1`` (t = 1) to t = 0: Euler–Maruyama
-    with the learned volatility, or Euler on the deterministic bridge ODE (g ≡ 0)."""
-    fwd, pred = model.forward_fn(params, x1), model.predictor_fn(params, x1)
-    if stochastic:
-        vol = model.volatility_fn(params)
-        run = lambda z, k: sampling.euler_maruyama(  # noqa: E731
-            drifts.generative_drift(fwd, pred, vol), vol, z, k, num_steps=num_steps,
-            return_trajectory=True)
-    else:
-        run = lambda z, k: sampling.euler(  # noqa: E731
-            drifts.generative_drift(fwd, pred, volatility.zero()), z, num_steps=num_steps,
-            return_trajectory=True)
-    return jax.device_get(jax.jit(run)(x1, key))
-
-
-def forward_paths(model: Model, params: Params, x0: Array, x1: Array, key: Array,
-                  num_times: int) -> Array:
-    """Samples z_t ~ q(z_t | x_0, x_1) of the learned bridge, ``[T, B, 2]`` on a t-grid."""
-    fwd = model.forward_fn(params, x1)
-    eps = jax.random.normal(key, x0.shape)
-
-    @jax.jit
-    def run(x0: Array, eps: Array) -> Array:
-        def at(t: Array) -> Array:
-            mu, log_sigma = fwd(x0, jnp.full((x0.shape[0],), t))
-            return mu + jnp.exp(log_sigma) * eps
-        return jax.lax.map(at, jnp.linspace(1.0, 0.0, num_times))
-
-    return jax.device_get(run(x0, eps))
-
-
-def entered_disc(zs: np.ndarray, centre: Sequence[float], radius: float) -> float:
-    """Fraction of paths ``zs`` ``[T, B, 2]`` with any point strictly inside the disc."""
-    dist = np.linalg.norm(np.asarray(zs) - np.asarray(centre)[None, None], axis=-1)
-    return float(np.mean(np.any(dist < radius, axis=0)))

@@ -5,7 +5,7 @@ All functions act on a batch: ``z`` and the fields of a :class:`Marginal` are
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,7 @@ class EDMScalings(NamedTuple):
 
 
 def edm_scalings(base: ForwardFn, z: Array, t: Array, data_mean: Array,
-                 data_std: Array, noise_log_ratio: Optional[Array] = None) -> EDMScalings:
+                 data_std: Array) -> EDMScalings:
     """EDM's c_skip, c_out, c_in for a *linear* Gaussian process z = b + a x + s ε.
 
     ``base`` is that process (for NFDM the untrained one: a = 1 − t, b = 0, s = δ^(1−t));
@@ -79,14 +79,9 @@ def edm_scalings(base: ForwardFn, z: Array, t: Array, data_mean: Array,
     Var z = a² σ_d² + s², and the linear posterior mean and std of x given z are
     m + c_skip (z − b − a m) and c_out, with c_skip = a σ_d² / (a² σ_d² + s²) and
     c_out = s σ_d / √(a² σ_d² + s²); c_in = 1 / √(a² σ_d² + s²) whitens the input.
-
-    ``noise_log_ratio`` ``[B]``: log r, replacing s² by r s² (a learned process whose noise
-    has grown r-fold over the base's, as tracked by :mod:`nfdm_jax.noise_stats`).
     """
     data_mean, data_std = jnp.broadcast_to(data_mean, z.shape), jnp.broadcast_to(data_std, z.shape)
     b, log_s = base(jnp.zeros_like(z), t)
-    if noise_log_ratio is not None:
-        log_s = log_s + 0.5 * bcast_time(noise_log_ratio, z)
     a = base(jnp.ones_like(z), t)[0] - b
     var_d = jnp.square(data_std)
     c_in = jax.lax.rsqrt(jnp.square(a) * var_d + jnp.exp(2.0 * log_s))
@@ -118,9 +113,7 @@ def _with_features(inputs: Array, at: Array, exponents: Sequence[int]) -> Array:
 
 def edm_preconditioned(net: Callable[[Array, Array], Array], base: ForwardFn,
                        data_mean: Array, data_std: Array,
-                       fourier_exponents: Sequence[int] = (),
-                       noise_log_ratio: Optional[Callable[[Array], Array]] = None,
-                       time_from_noise: bool = False) -> Predictor:
+                       fourier_exponents: Sequence[int] = ()) -> Predictor:
     """x̂(z, t) = m + c_skip (z − E z) + c_out net(c_in (z − E z), t) (EDM, Karras et al.).
 
     The scalings (:func:`edm_scalings`) come from the linear process ``base`` (for NFDM the
@@ -137,43 +130,17 @@ def edm_preconditioned(net: Callable[[Array, Array], Array], base: ForwardFn,
     still returns C channels): at small noise that is z rescaled to data units, so the
     features line up with the data's grey levels at every t, and at large noise it tends
     to m, so they stay bounded and smooth.
-
-    ``noise_log_ratio(t) -> [B]``: the log variance ratio r(t) of the process being learned
-    over ``base`` (e.g. :func:`nfdm_jax.noise_stats.log_ratio`), so that the scalings follow
-    a process whose noise has moved; None keeps them at ``base``.
-
-    ``time_from_noise`` (needs ``noise_log_ratio``): the network is given, instead of t, the
-    time at which ``base``'s noise equals the learned process's (:func:`noise_time`), EDM's
-    c_noise = f(σ) in the units of t: as σ(t) grows during training, the network keeps
-    seeing each noise level under the time it learned it at.
     """
-    if time_from_noise and noise_log_ratio is None:
-        raise ValueError("time_from_noise needs noise_log_ratio (the noise it reads t from)")
     mean, std = jnp.asarray(data_mean, jnp.float32), jnp.asarray(data_std, jnp.float32)
 
     def predictor(z: Array, t: Array) -> Array:
-        ratio = None if noise_log_ratio is None else noise_log_ratio(t)
-        c = edm_scalings(base, z, t, mean, std, ratio)
+        c = edm_scalings(base, z, t, mean, std)
         centred = z - c.offset
         linear = jnp.broadcast_to(mean, z.shape) + c.c_skip * centred
         inputs = _with_features(c.c_in * centred, linear, fourier_exponents)
-        t_net = noise_time(base, z, t, ratio) if time_from_noise else t
-        return linear + c.c_out * net(inputs, t_net)
+        return linear + c.c_out * net(inputs, t)
 
     return predictor
-
-
-def noise_time(base: ForwardFn, z: Array, t: Array, noise_log_ratio: Array) -> Array:
-    """The time τ ``[B]`` at which ``base``'s noise s equals √r · s(t), r = e^``noise_log_ratio``.
-
-    Exact when log s is affine in t, as for NFDM's untrained process (log s = (1 − t) log δ):
-    τ = t + ½ log r / (log s(1) − log s(0)), averaged over ``z``'s non-batch axes. τ leaves
-    [0, 1] where the learned noise exceeds the base's range.
-    """
-    zeros = jnp.zeros_like(z)
-    rise = base(zeros, jnp.ones_like(t))[1] - base(zeros, jnp.zeros_like(t))[1]
-    rise = jnp.mean(jnp.reshape(rise, (rise.shape[0], -1)), axis=-1)
-    return t + 0.5 * noise_log_ratio / rise
 
 
 def eps_predictor(net: Callable[[Array, Array], Array], gamma: Schedule,

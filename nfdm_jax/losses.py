@@ -66,20 +66,19 @@ class BridgeTerms(NamedTuple):
         return self.diff + self.rec + self.obstacle
 
 
-def stratified_times(key: Array, n: int, t_min: float = 0.0) -> Array:
-    """t_i = (u + i / n) mod 1, rescaled to [t_min, 1 − t_min]; shape ``[n]``.
+def stratified_times(key: Array, n: int) -> Array:
+    """t_i = (u + i / n) mod 1 with one u ~ U[0, 1); shape ``[n]``.
 
     Stratifying over the *global* batch (VDM) lowers the variance of the t-integral.
     """
     u = jax.random.uniform(key, ())
-    t = jnp.mod(u + jnp.arange(n) / n, 1.0)
-    return t_min + (1.0 - 2.0 * t_min) * t
+    return jnp.mod(u + jnp.arange(n) / n, 1.0)
 
 
-def sample_t_eps(key: Array, x: Array, t_min: float = 0.0) -> tuple[Array, Array]:
+def sample_t_eps(key: Array, x: Array) -> tuple[Array, Array]:
     """Stratified times ``[B]`` and standard normal noise shaped like ``x``."""
     kt, ke = jax.random.split(key)
-    return stratified_times(kt, x.shape[0], t_min), jax.random.normal(ke, x.shape, x.dtype)
+    return stratified_times(kt, x.shape[0]), jax.random.normal(ke, x.shape, x.dtype)
 
 
 def sample_z(m: Marginal, eps: Array) -> Array:
@@ -147,30 +146,19 @@ def reconstruction_loss(forward: ForwardFn, decoder_nll: DecoderNLL,
 def nelbo_terms(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
                 x: Array, t: Array, eps: Array, *, decoder_nll: DecoderNLL) -> NELBOTerms:
     """All NELBO terms at given times ``t`` ``[B]`` and noise ``eps`` ``[B, *D]``."""
-    return nelbo_terms_and_marginal(forward, predictor, volatility, x, t, eps,
-                                    decoder_nll=decoder_nll)[0]
-
-
-def nelbo_terms_and_marginal(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
-                             x: Array, t: Array, eps: Array, *,
-                             decoder_nll: DecoderNLL) -> tuple[NELBOTerms, Marginal]:
-    """:func:`nelbo_terms` and the forward marginal q(z_t | x) that L_diff ran, so that
-    statistics of the process (e.g. :mod:`nfdm_jax.noise_stats`) cost no network call."""
-    diff, m, _ = _diffusion(forward, predictor, volatility, x, t, eps)
-    terms = NELBOTerms(diff=diff, rec=reconstruction_loss(forward, decoder_nll, x, eps),
-                       prior=prior_loss(forward, x))
-    return terms, m
+    diff = _diffusion(forward, predictor, volatility, x, t, eps)[0]
+    return NELBOTerms(diff=diff, rec=reconstruction_loss(forward, decoder_nll, x, eps),
+                      prior=prior_loss(forward, x))
 
 
 def nelbo(forward: ForwardFn, predictor: Predictor, volatility: Volatility,
-          x: Array, key: Array, *, decoder_nll: DecoderNLL, t_min: float = 0.0) -> NELBOTerms:
+          x: Array, key: Array, *, decoder_nll: DecoderNLL) -> NELBOTerms:
     """Simulation-free NELBO of SPEC §1.3 with t stratified over the batch; nats ``[B]``.
 
     ``x`` should be the global batch (under ``jit`` with sharded inputs it is), so the
-    strata cover the whole batch. ``t_min > 0`` clips t to [t_min, 1 − t_min], which
-    biases the bound; the default does not clip.
+    strata cover the whole batch.
     """
-    t, eps = sample_t_eps(key, x, t_min)
+    t, eps = sample_t_eps(key, x)
     return nelbo_terms(forward, predictor, volatility, x, t, eps, decoder_nll=decoder_nll)
 
 

@@ -1,12 +1,10 @@
 """Models from configs: Flax networks bound to the pure processes and losses of nfdm_jax.
 
 A :class:`Model` owns the Flax modules of one experiment and exposes pure functions of a
-parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts are ``{}``),
-plus ``"stats"`` (running statistics, not trained by gradients) for models that track them:
+parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts are ``{}``):
 
 * :meth:`Model.init` — parameters from a key and an example batch;
 * :meth:`Model.loss` — the training objective and its per-batch metrics;
-* :meth:`Model.loss_and_stats` — the same, and the running statistics after the batch;
 * :meth:`Model.per_example` — per-example objective terms, for evaluation;
 * accessors (:meth:`forward_fn`, :meth:`predictor_fn`, :meth:`volatility_fn`,
   :meth:`drift_fn`) returning the plain callables that samplers and likelihoods take.
@@ -34,12 +32,9 @@ nfdm_ot's default; the bridge's only choice). Trained on the NELBO, a learned σ
 5–10× and costs test likelihood on the digits (issue #9).
 
 Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
-the default of the neural models; needs ``config.model.data_mean`` / ``data_std``; with a
-learned forward process trained on the NELBO its scalings follow the process's σ(t) as
-tracked by :mod:`noise_stats` unless ``config.model.edm_track_sigma`` is False; with
-``config.model.edm_noise_time`` the network's time input is read from that noise too),
-``preconditioned`` (the paper's x̂ = (1 − t) z + (t + δ) NN), ``x`` (the network itself)
-and ``eps`` (VP models: :func:`drifts.eps_predictor`).
+the default of the neural models, scaled by the untrained process; needs
+``config.model.data_mean`` / ``data_std``), ``preconditioned`` (the paper's
+x̂ = (1 − t) z + (t + δ) NN) and ``eps`` (VP models: :func:`drifts.eps_predictor`).
 
 Batches are dicts: ``"x"`` the data (uint8 pixels for the ``discrete`` and ``dequantized``
 conventions, float for ``continuous``) and, for bridges, ``"x1"`` the source sample.
@@ -55,8 +50,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from nfdm_jax import (decoders, drifts, forward, losses, nets, noise_stats, schedules,
-                      time_sampling, volatility)
+from nfdm_jax import decoders, drifts, forward, losses, nets, schedules, volatility
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -65,7 +59,7 @@ Batch = dict[str, Array]
 VOLATILITY_BASES = {"neural_matched": volatility.neural_matched,
                     "delta_matched": volatility.delta_matched}
 _NETWORK_IDS = {"forward": 0, "predictor": 1}
-_ALL_G = ("learned", "neural_matched", "delta_matched", "sigmoid")
+_ALL_G = ("learned", "neural_matched", "delta_matched")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +132,14 @@ def _straight(model: "Model", params: "Params", x1: Optional[Array],
     return forward.straight_forward(model.m.delta)
 
 
-_PRED = ("edm", "preconditioned", "x")
+_PRED = ("edm", "preconditioned")
 MODELS: dict[str, ModelSpec] = {
     # σ held by default: learned on the NELBO it inflates 5–10× and costs likelihood (#9).
     "nfdm": ModelSpec(_neural, "nelbo", _ALL_G, _PRED, base=_frozen, forward_net=True,
                       sigma="base"),
     "nfdm_frozen": ModelSpec(_frozen, "nelbo", _ALL_G, _PRED),
     "nfdm_ot": ModelSpec(_neural, "ot", ("zero",), _PRED, base=_frozen, forward_net=True),
-    "nfbm": ModelSpec(_bridge, "bridge", ("learned", "delta_matched", "sigmoid"), _PRED,
+    "nfbm": ModelSpec(_bridge, "bridge", ("learned", "delta_matched"), _PRED,
                       base=_zero_bridge, forward_net=True),
     "vdm": ModelSpec(_vp, "nelbo", ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
     "vdm_learned": ModelSpec(_vp, "nelbo", ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
@@ -185,26 +179,17 @@ class Model:
                                if self.m.volatility == "learned" else None)
         if self.m.parameterization == "edm":
             self.data_mean, self.data_std = _data_stats(config, self.shape)
-        # The edm scalings follow a learned process's noise (issue #9: it grows 5–10×).
-        self.track_sigma = _tracks_sigma(self.m, self.spec)
-        self.importance = self.m.t_sampling == "importance"
 
     # ---------------------------------------------------------------- parameters
 
     def init(self, key: Array, batch: Batch) -> Params:
         """Parameters ``{"forward", "predictor", "volatility", "gamma"}`` for ``batch``'s
-        shapes, ``"stats"`` if the model tracks its noise (``track_sigma``) and
-        ``"t_density"`` if it samples t by importance (``importance``). Only the first four
-        are trained; :meth:`loss_and_stats` returns the others' updates."""
+        shapes; a model without a part has ``{}`` there."""
         kf, kp, kv, kg = jax.random.split(key, 4)
         x = self.preprocess(batch["x"], kf)
         t = jnp.full((x.shape[0],), 0.5, x.dtype)
         cond = self.condition(batch)
         params: Params = {"forward": {}, "predictor": {}, "volatility": {}, "gamma": {}}
-        if self.track_sigma:
-            params["stats"] = noise_stats.init()
-        if self.importance:
-            params["t_density"] = time_sampling.init(self.m.t_sampling_bins)
         # The predictor's input carries 2 K features per channel (model.fourier_exponents).
         z_in = jnp.zeros(x.shape[:-1] + (x.shape[-1] * (1 + 2 * len(self.m.fourier_exponents)),))
         params["predictor"] = self.predictor_net.init(kp, z_in, t, cond)["params"]
@@ -275,21 +260,10 @@ class Model:
         if kind == "edm":
             base = self.spec.base_process(self, params, x1)
             return drifts.edm_preconditioned(net, base, self.data_mean, self.data_std,
-                                             tuple(self.m.fourier_exponents),
-                                             self.noise_log_ratio_fn(params),
-                                             self.m.edm_noise_time)  # validate: implies tracking
+                                             tuple(self.m.fourier_exponents))
         if kind == "preconditioned":
             return drifts.preconditioned(net, self.m.delta)
-        if kind == "eps":
-            return drifts.eps_predictor(net, self.gamma_fn(params), tuple(self.m.fourier_exponents))
-        return net
-
-    def noise_log_ratio_fn(self, params: Params) -> Optional[Callable[[Array], Array]]:
-        """``t -> log r(t)`` ``[B]``, the tracked noise of the learned process over its base
-        (:mod:`noise_stats`) that the ``edm`` scalings use; None when not tracked."""
-        if not self.track_sigma:
-            return None
-        return lambda t: noise_stats.log_ratio(params["stats"], t)
+        return drifts.eps_predictor(net, self.gamma_fn(params), tuple(self.m.fourier_exponents))
 
     def decoder_fn(self, params: Params) -> decoders.DecoderNLL:
         """−log p(x | z_0): width δ, or for VP models their schedule's σ_0 / α_0 on z_0 / α_0
@@ -306,8 +280,6 @@ class Model:
         kind = self.m.volatility
         if kind == "zero":
             return volatility.zero()
-        if kind == "sigmoid":
-            return volatility.sigmoid_g2()
         if kind == "vp_matching":
             return volatility.vp_matching(self.gamma_fn(params))
         if kind in VOLATILITY_BASES:
@@ -332,32 +304,19 @@ class Model:
     def per_example(self, params: Params, batch: Batch, key: Array, train: bool = False,
                     dropout_key: Optional[Array] = None) -> dict[str, Array]:
         """Per-example objective terms, each ``[B]``: the loss terms, ``"total"`` and ``"bpd"``,
-        with t stratified uniformly (the estimator evaluation uses, whatever the training's).
+        with t stratified over the batch.
 
         ``"total"`` is in nats for likelihood models (``"bpd"`` is then a bound on the
         data's bits per dimension, Jacobian of the convention included) and in squared
-        velocity units for NFDM-OT (``"bpd"`` is then just ``total / (D ln 2)``). Models
-        that track their noise (``track_sigma``) add ``"noise_log_ratio"``, the example's
-        log(mean σ² / mean s²) against the base process at its t (:mod:`noise_stats`).
+        velocity units for NFDM-OT (``"bpd"`` is then just ``total / (D ln 2)``).
         """
-        return self._terms(params, batch, key, train, dropout_key, importance=False)[0]
-
-    def _terms(self, params: Params, batch: Batch, key: Array, train: bool,
-               dropout_key: Optional[Array], importance: bool
-               ) -> tuple[dict[str, Array], Params]:
-        """:meth:`per_example`'s terms, with t drawn from ``params["t_density"]`` and L_diff
-        weighted by 1/p(t) if ``importance``, and the updated non-trainable entries."""
         kdata, kt = jax.random.split(key)
         x = self.preprocess(batch["x"], kdata)
         x1 = self.condition(batch)
         fwd = self.forward_fn(params, x1, train=train, dropout_key=dropout_key)
         pred = self.predictor_fn(params, x1, train=train, dropout_key=dropout_key)
         vol = self.volatility_fn(params)
-        t, eps = losses.sample_t_eps(kt, x, self.m.t_min)
-        if importance:  # the same stratified u, through the density's inverse CDF
-            t, weight = time_sampling.sample(params["t_density"], jax.random.split(kt)[0],
-                                             x.shape[0], self.m.t_sampling_uniform,
-                                             self.m.t_min)
+        t, eps = losses.sample_t_eps(kt, x)
         objective = self.spec.objective
         if objective == "ot":
             terms = losses.nfdm_ot_loss(fwd, pred, x, t, eps, self.m.curvature_weight)
@@ -373,22 +332,12 @@ class Model:
                                      vol, x, x1, t, eps, decoder_nll=self.decoder_fn(params),
                                      obstacle=obstacle, obstacle_weight=self.m.obstacle_weight)
         else:
-            terms, marginal = losses.nelbo_terms_and_marginal(
-                fwd, pred, vol, x, t, eps, decoder_nll=self.decoder_fn(params))
-        state: Params = {}
-        if importance:  # validate: only on the NELBO, whose t-integral is terms.diff
-            state["t_density"] = time_sampling.update(params["t_density"], t, terms.diff,
-                                                      self.m.t_sampling_decay, self.m.t_min)
-            terms = terms._replace(diff=weight * terms.diff)
+            terms = losses.nelbo_terms(fwd, pred, vol, x, t, eps,
+                                       decoder_nll=self.decoder_fn(params))
         out = terms._asdict()
         out["total"] = terms.total
         out["bpd"] = losses.bits_per_dim(terms.total, self.dim, self.log_jacobian)
-        if self.track_sigma:
-            _, log_s = self.spec.base_process(self, params, x1)(jnp.zeros_like(x), t)
-            out["noise_log_ratio"] = noise_stats.per_example_log_ratio(marginal.log_sigma, log_s)
-            state["stats"] = noise_stats.update(params["stats"], t, out["noise_log_ratio"],
-                                                self.m.edm_track_decay)
-        return out, state
+        return out
 
     def loss(self, params: Params, batch: Batch, key: Array, train: bool = False,
              dropout_key: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
@@ -396,24 +345,12 @@ class Model:
 
         The objective is the batch mean of ``total / D`` (BPD up to ln 2 for likelihood
         models): per-dimension units keep the gradient scale, and hence the meaning of
-        global-norm clipping at 1.0, independent of the resolution. With
-        ``model.t_sampling = "importance"`` t follows ``params["t_density"]`` and L_diff
-        carries the weights 1/p(t): the same expectation, a smaller variance.
+        global-norm clipping at 1.0, independent of the resolution.
         """
-        loss, (metrics, _) = self.loss_and_stats(params, batch, key, train, dropout_key)
-        return loss, metrics
-
-    def loss_and_stats(self, params: Params, batch: Batch, key: Array, train: bool = False,
-                       dropout_key: Optional[Array] = None
-                       ) -> tuple[Array, tuple[dict[str, Array], Params]]:
-        """:meth:`loss` and the non-trainable entries of ``params`` updated with this batch:
-        ``{"stats": ...}`` if the model tracks its noise, ``{"t_density": ...}`` if it
-        samples t by importance, ``{}`` otherwise. Merge them into ``params`` after the
-        optimizer's update."""
-        terms, state = self._terms(params, batch, key, train, dropout_key, self.importance)
+        terms = self.per_example(params, batch, key, train, dropout_key)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
         metrics["loss"] = metrics["total"] / self.dim
-        return metrics["loss"], (metrics, state)
+        return metrics["loss"], metrics
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -455,9 +392,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.gamma={m.gamma!r}; choose 'linear' or 'cosine'")
     if not 0.0 < m.delta < 1.0:
         raise ValueError(f"config.model.delta={m.delta} must lie in (0, 1)")
-    if not 0.0 <= m.edm_track_decay < 1.0:
-        raise ValueError(f"config.model.edm_track_decay={m.edm_track_decay} must lie in [0, 1) "
-                         "(the weight of the past per step; 0.999 averages ~1 000 steps)")
     if m.forward_sigma not in (None, "learned", "base"):
         raise ValueError(f"config.model.forward_sigma={m.forward_sigma!r}; choose 'learned' "
                          "(the forward network sets σ), 'base' (σ of the untrained process) "
@@ -465,33 +399,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m.forward_sigma == "base" and spec.forward is not _neural:
         raise ValueError("config.model.forward_sigma='base' holds the neural process's σ: "
                          f"only nfdm and nfdm_ot have one, not model.name={m.name!r}")
-    if m.t_sampling not in ("uniform", "importance"):
-        raise ValueError(f"config.model.t_sampling={m.t_sampling!r}; choose 'uniform' or "
-                         "'importance' (t from the running loss profile, weighted by 1/p(t))")
-    if m.t_sampling == "importance":
-        if spec.objective != "nelbo":
-            raise ValueError("config.model.t_sampling='importance' weights the NELBO's L_diff; "
-                             f"model.name={m.name!r} has the {spec.objective!r} objective: "
-                             "use t_sampling='uniform'")
-        if not (isinstance(m.t_sampling_bins, int) and m.t_sampling_bins >= 1):
-            raise ValueError(f"config.model.t_sampling_bins={m.t_sampling_bins!r} must be an "
-                             "integer >= 1")
-        if not 0.0 <= m.t_sampling_decay < 1.0:
-            raise ValueError(f"config.model.t_sampling_decay={m.t_sampling_decay} must lie in "
-                             "[0, 1) (the weight of the past per step)")
-        if not 0.0 < m.t_sampling_uniform <= 1.0:
-            raise ValueError(f"config.model.t_sampling_uniform={m.t_sampling_uniform} must lie "
-                             "in (0, 1]: the uniform share bounds the weights 1/p(t)")
-    if m.edm_noise_time and not _tracks_sigma(m, spec):
-        raise ValueError("config.model.edm_noise_time=True reads the predictor's time from the "
-                         "tracked noise: it needs parameterization='edm', edm_track_sigma=True "
-                         f"and a learned process on the NELBO (not model.name={m.name!r})")
-
-
-def _tracks_sigma(m: ml_collections.ConfigDict, spec: ModelSpec) -> bool:
-    """Whether the edm scalings follow the learned process's noise (:mod:`noise_stats`)."""
-    return bool(m.parameterization == "edm" and spec.forward_net and spec.objective == "nelbo"
-                and m.edm_track_sigma)
 
 
 def _data_stats(config: ml_collections.ConfigDict,

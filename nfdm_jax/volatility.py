@@ -78,11 +78,6 @@ def neural_matched(delta: float, min_gap: float = 1e-4) -> Volatility:
     return g2
 
 
-def sigmoid_g2(scale: float = 20.0, slope: float = 20.0, midpoint: float = 0.5) -> Volatility:
-    """g² = scale · sigmoid(slope (t − midpoint)), the official toy's fixed alternative."""
-    return lambda t: scale * jax.nn.sigmoid(slope * (t - midpoint))
-
-
 def learned(net: Callable[[Array], Array], base: Volatility) -> Volatility:
     """Learnable volatility g² = base(t) · softplus(net(t) + softplus⁻¹(1)).
 

@@ -39,11 +39,7 @@ def test_model_loss_and_accessors(name):
     if name == "nfbm":
         batch["x1"] = jax.random.normal(jax.random.PRNGKey(1), (8, 2)) + 3.0
     params = model.init(key, batch)
-    # Only NFDM (learned q, NELBO, edm predictor) tracks its noise for the edm scalings;
-    # other models' parameter trees (and checkpoints) are as before it.
-    groups = {"forward", "predictor", "volatility", "gamma"}
-    assert set(params) == (groups | {"stats"} if name == "nfdm" else groups)
-    assert model.track_sigma == (name == "nfdm")
+    assert set(params) == {"forward", "predictor", "volatility", "gamma"}
     assert bool(params["forward"]) == (name in ("nfdm", "nfdm_ot", "nfbm"))
     assert bool(params["forward"]) == MODELS[name].forward_net
     assert bool(params["gamma"]) == (name == "vdm_learned")
@@ -100,13 +96,6 @@ def test_invalid_combinations_are_named():
         Model(config_for({"model.volatility": "vp_matching"}), (2,))
     with pytest.raises(ValueError, match="model.name='bogus'"):
         Model(config_for({"model.name": "bogus"}), (2,))
-    with pytest.raises(ValueError, match="edm_track_decay=1.0 must lie in"):
-        Model(config_for({"model.edm_track_decay": 1.0}), (2,))
-    with pytest.raises(ValueError, match="edm_noise_time=True .*model.name='vdm'"):
-        Model(config_for({"model.edm_noise_time": True, "model.name": "vdm",
-                          "model.volatility": "vp_matching"}), (2,))
-    with pytest.raises(ValueError, match="edm_noise_time=True"):
-        Model(config_for({"model.edm_noise_time": True, "model.edm_track_sigma": False}), (2,))
 
 
 def test_forward_network_time_scale_comes_from_the_config():

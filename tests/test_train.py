@@ -56,32 +56,6 @@ def test_sharded_matches_single_device(one_device, model_axis, toy_config,
     assert jitted._cache_size() == 1  # three dispatches, one compilation
 
 
-def test_train_step_folds_every_example_into_the_noise_statistics(one_device, toy_config):
-    """Each example adds weight 1 to the grid (rows of its interpolation weights sum to 1);
-    the statistics decay by edm_track_decay per step and are sharding-invariant above."""
-    c = toy_config(**SHARDING)
-    d, n = c.model.edm_track_decay, 3 * c.train.steps_per_dispatch
-    weight = one_device[1]["stats"]["weight"]
-    np.testing.assert_allclose(weight.sum(), c.train.batch_size * sum(d ** k for k in range(n)),
-                               rtol=1e-5)
-
-
-def test_train_step_carries_the_time_density_when_t_is_importance_sampled(toy_config):
-    """The step writes the loss's histogram back: every example adds weight 1 to its bin,
-    decayed by t_sampling_decay per step, and the density moves off uniform."""
-    from nfdm_jax import time_sampling
-
-    c = toy_config(**SHARDING, **{"model.t_sampling": "importance"})
-    losses, params, _ = run_steps(c, jax.devices()[:1], 3)
-    d, n = c.model.t_sampling_decay, 3 * c.train.steps_per_dispatch
-    weight = params["t_density"]["weight"]
-    np.testing.assert_allclose(weight.sum(), c.train.batch_size * sum(d ** k for k in range(n)),
-                               rtol=1e-5)
-    assert np.isfinite(losses).all()
-    p = time_sampling.density(params["t_density"], c.model.t_sampling_uniform)
-    assert float(p.max() - p.min()) > 0.1
-
-
 def test_parameters_are_sharded_over_model_axis(toy_config):
     exp = loop.setup(toy_config(**{"mesh.model": 2}), jax.devices())
     specs = [s.spec for s in jax.tree.leaves(exp.state_shardings.params)]

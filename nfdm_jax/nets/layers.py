@@ -14,7 +14,6 @@ from typing import Any, Callable, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 Resample = Literal["none", "down", "up"]
@@ -67,7 +66,6 @@ def _patches(x: jax.Array, k: int) -> jax.Array:
 
 
 ConvImpl = Literal["auto", "xla", "matmul"]
-CONV_NAME = "conv"
 CONV_IMPLS = ("auto", "xla", "matmul")
 
 
@@ -110,8 +108,7 @@ class Conv(nn.Module):
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        # Named so that a remat policy can keep convolution outputs (see unet.py).
-        return checkpoint_name(y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,)), CONV_NAME)
+        return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
 def downsample(x: jax.Array) -> jax.Array:

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from nfdm_jax.nets.layers import (
-    CONV_NAME,
     AttentionBlock,
     Conv,
     ConvImpl,
@@ -23,22 +22,13 @@ from nfdm_jax.nets.layers import (
 # `train` (argument 3, counting self) selects dropout, so it must be static under remat.
 _RematResBlock = nn.remat(ResBlock, static_argnums=(3,))
 _RematAttentionBlock = nn.remat(AttentionBlock)
-# Keeps every convolution and matmul output, recomputes only what lies between them
-# (norms, activations, FiLM, softmax): a few % more FLOPs in the backward pass for a
-# fraction of the activation memory.
-_ELEMENTWISE_POLICY = jax.checkpoint_policies.save_from_both_policies(
-    jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(CONV_NAME))
-_ElementwiseRematResBlock = nn.remat(ResBlock, static_argnums=(3,), policy=_ELEMENTWISE_POLICY)
-_ElementwiseRematAttentionBlock = nn.remat(AttentionBlock, policy=_ELEMENTWISE_POLICY)
 # "scores": residual blocks as they are, attention recomputing only its logits and softmax.
-_RES_BLOCKS = {"none": ResBlock, "full": _RematResBlock, "elementwise": _ElementwiseRematResBlock,
-               "scores": ResBlock}
+_RES_BLOCKS = {"none": ResBlock, "full": _RematResBlock, "scores": ResBlock}
 _ATTENTION_BLOCKS = {"none": AttentionBlock, "full": _RematAttentionBlock,
-                     "elementwise": _ElementwiseRematAttentionBlock,
                      "scores": functools.partial(AttentionBlock, remat_scores=True)}
 
 # Values of `block_remat`, see `_ADMBackbone`.
-BLOCK_REMATS = ("none", "attention", "elementwise", "blocks", "outer")
+BLOCK_REMATS = ("none", "attention")
 
 
 class _ADMBackbone(nn.Module):
@@ -60,12 +50,9 @@ class _ADMBackbone(nn.Module):
       dtype: compute dtype; the output is always float32.
       param_dtype: parameter dtype.
       remat: rematerialise every residual/attention block in the backward pass.
-      block_remat: finer choice of what to rematerialise (ignored when `remat`), one of
-        `BLOCK_REMATS`: "none"; "attention" (only the attention logits and softmax, see
-        `AttentionBlock.remat_scores`); "elementwise" (every block keeps its convolution and
-        matmul outputs and recomputes the norms, activations, FiLM and softmax between
-        them); "blocks" (every block, like `remat`); "outer" (only the blocks at the
-        highest resolution, level 0 of `channel_mults`).
+      block_remat: what to rematerialise when not `remat`, one of `BLOCK_REMATS`: "none",
+        or "attention" (only the attention logits and softmax, see
+        `AttentionBlock.remat_scores`).
       conv: convolution implementation, see `layers.conv_as_matmul` ("auto": matmuls on
         CPU, XLA convolutions elsewhere).
     """
@@ -96,26 +83,24 @@ class _ADMBackbone(nn.Module):
         if got != self.cond_channels:
             raise ValueError(f"expected {self.cond_channels} conditioning channels, got {got}")
 
-    def _remat_mode(self, outer: bool) -> str:
-        """"none" | "full" | "elementwise" | "scores" for a block; `outer`: whether it runs at the
-        highest resolution (level 0)."""
+    def _remat_mode(self) -> str:
+        """"none" | "full" | "scores": what every block rematerialises."""
         if self.remat:
             return "full"
         if self.block_remat not in BLOCK_REMATS:
             raise ValueError(f"block_remat={self.block_remat!r}; known: {BLOCK_REMATS}")
-        return {"none": "none", "attention": "scores", "elementwise": "elementwise",
-                "blocks": "full", "outer": "full" if outer else "none"}[self.block_remat]
+        return {"none": "none", "attention": "scores"}[self.block_remat]
 
-    def _res_block(self, out_channels: int, name: str, outer: bool,
+    def _res_block(self, out_channels: int, name: str,
                    resample: Resample = "none") -> ResBlock:
-        cls = _RES_BLOCKS[self._remat_mode(outer)]
+        cls = _RES_BLOCKS[self._remat_mode()]
         return cls(
             out_channels, self.dropout, self.norm_groups, resample,
             dtype=self.dtype, param_dtype=self.param_dtype, conv=self.conv, name=name,
         )
 
-    def _attention(self, name: str, outer: bool) -> AttentionBlock:
-        cls = _ATTENTION_BLOCKS[self._remat_mode(outer)]
+    def _attention(self, name: str) -> AttentionBlock:
+        cls = _ATTENTION_BLOCKS[self._remat_mode()]
         return cls(
             self.num_heads, self.head_channels, self.norm_groups,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name,
@@ -133,12 +118,11 @@ class _ADMBackbone(nn.Module):
 
     def _block(
         self, h: jax.Array, emb: jax.Array, out_channels: int, name: str, train: bool,
-        outer: bool,
     ) -> jax.Array:
         """Residual block, followed by attention when h is at an attention resolution."""
-        h = self._res_block(out_channels, f"{name}_res", outer)(h, emb, train)
+        h = self._res_block(out_channels, f"{name}_res")(h, emb, train)
         if h.shape[1] in self.attention_resolutions:
-            h = self._attention(f"{name}_attn", outer)(h)
+            h = self._attention(f"{name}_attn")(h)
         return h
 
     @nn.compact
@@ -158,28 +142,22 @@ class _ADMBackbone(nn.Module):
         last = len(self.channel_mults) - 1
         for level, mult in enumerate(self.channel_mults):
             for i in range(self.depth):
-                h = self._block(h, emb, self.channels * mult, f"down{level}_{i}", train,
-                                level == 0)
+                h = self._block(h, emb, self.channels * mult, f"down{level}_{i}", train)
                 skips.append(h)
             if level != last:
-                h = self._res_block(h.shape[-1], f"down{level}_resample", level == 0,
-                                    "down")(h, emb, train)
+                h = self._res_block(h.shape[-1], f"down{level}_resample", "down")(h, emb, train)
                 skips.append(h)
 
-        mid_outer = last == 0
-        h = self._res_block(h.shape[-1], "mid_res0", mid_outer)(h, emb, train)
-        h = self._attention("mid_attn", mid_outer)(h)
-        h = self._res_block(h.shape[-1], "mid_res1", mid_outer)(h, emb, train)
+        h = self._res_block(h.shape[-1], "mid_res0")(h, emb, train)
+        h = self._attention("mid_attn")(h)
+        h = self._res_block(h.shape[-1], "mid_res1")(h, emb, train)
 
         for level, mult in reversed(list(enumerate(self.channel_mults))):
             for i in range(self.depth + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = self._block(h, emb, self.channels * mult, f"up{level}_{i}", train,
-                                level == 0)
+                h = self._block(h, emb, self.channels * mult, f"up{level}_{i}", train)
             if level != 0:
-                # Its convolutions run at level - 1's resolution.
-                h = self._res_block(h.shape[-1], f"up{level}_resample", level == 1,
-                                    "up")(h, emb, train)
+                h = self._res_block(h.shape[-1], f"up{level}_resample", "up")(h, emb, train)
 
         # The head runs in float32: it is cheap and it sets the precision of the output.
         h = nn.silu(group_norm(h, self.norm_groups, name="out_norm"))

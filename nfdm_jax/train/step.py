@@ -16,7 +16,6 @@ from jax.sharding import Mesh
 
 from nfdm_jax.models import Batch, Model
 from nfdm_jax.train import sharding
-from nfdm_jax.train.optimizer import trainable
 from nfdm_jax.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -28,7 +27,7 @@ def init_state(model: Model, optimizer: optax.GradientTransformation, key: jax.A
     """A fresh state; EMA starts at the initial parameters."""
     params = model.init(key, example)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=optimizer.init(trainable(params)))
+                      opt_state=optimizer.init(params))
 
 
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:
@@ -44,16 +43,14 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation,
 
     def one_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         loss_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state.step))
-        grad_fn = jax.value_and_grad(model.loss_and_stats, has_aux=True)
-        (_, (metrics, stats)), grads = grad_fn(state.params, batch, loss_key, True, dropout_key)
-        # The optimizer steps the networks; the loss has updated the running statistics.
-        grads, old = trainable(grads), trainable(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, old)
-        params = optax.apply_updates(old, updates) | stats
+        grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+        (_, metrics), grads = grad_fn(state.params, batch, loss_key, True, dropout_key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         d = ema_decay(state.step, ema)
         ema_params = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
         metrics |= {"grad_norm": optax.tree.norm(grads),
-                    "param_norm": optax.tree.norm(trainable(params)),
+                    "param_norm": optax.tree.norm(params),
                     "lr": schedule(state.step)}
         # Per group: which network's gradient sets the global clipping factor.
         metrics |= {f"grad_norm_{g}": optax.tree.norm(v) for g, v in grads.items()

@@ -23,7 +23,6 @@ import ml_collections
 from nfdm_jax import models, nets
 from nfdm_jax.data import DatasetSpec, make_datasets
 from nfdm_jax.data.registry import DATASETS
-from nfdm_jax.train.optimizer import GROUPS
 
 MODES = ("train", "eval", "sample")
 SAMPLERS = ("sde", "ode")
@@ -118,10 +117,6 @@ def _check_optim(c: ml_collections.ConfigDict) -> None:
              o.weight_decay, "a finite number >= 0")
     _require(_is_real(o.clip_norm) and o.clip_norm > 0, "optim.clip_norm", o.clip_norm,
              "a finite number > 0 (the global-norm clipping threshold)")
-    scales = dict(o.lr_scale)
-    _require(set(scales) == set(GROUPS), "optim.lr_scale", scales, f"one entry per group {GROUPS}")
-    for g, v in scales.items():
-        _require(_is_real(v) and v >= 0, f"optim.lr_scale.{g}", v, "a finite number >= 0")
 
 
 def _check_sample(c: ml_collections.ConfigDict) -> None:

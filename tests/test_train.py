@@ -219,3 +219,24 @@ def test_the_dispatch_bound_keeps_the_cpu_runtime_from_hanging():
         pytest.fail(f"{ops.MAX_IN_FLIGHT} dispatches in flight hung the CPU runtime: "
                     f"{(e.stderr or '')[-1500:]}")
     assert "DONE" in out.stdout, out.stderr[-3000:]
+
+
+def test_console_lines_show_what_a_user_reads(tmp_path, caplog):
+    """The train line: objective, bound, gradient norm, speed and learning rate, in that order;
+    every other metric (``prior`` is always 0 for NFDM) goes to TensorBoard only."""
+    import logging
+
+    from nfdm_jax.train.summaries import MetricWriter
+
+    metrics = {"bpd": 2.5, "diff": 3.0, "grad_norm": 1.5, "grad_norm_forward": 1.0, "loss": 1.7,
+               "lr": 1e-3, "param_norm": 40.0, "prior": 0.0, "rec": 0.1, "steps_per_sec": 8.0,
+               "step_time": 0.125, "total": 3.1}
+    writer = MetricWriter(str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        writer.scalars(7, metrics, "train")
+        writer.scalars(7, {"bpd": 2.0, "bpd_stderr": 0.1, "diff": 1.9, "prior": 0.0}, "eval")
+    writer.close()
+    lines = [r.getMessage() for r in caplog.records if "step 7" in r.getMessage()]
+    assert lines == ["[train] step 7  loss=1.7  bpd=2.5  grad_norm=1.5  steps_per_sec=8  lr=0.001",
+                     "[eval] step 7  bpd=2  bpd_stderr=0.1"]
+    assert os.listdir(tmp_path / "tensorboard")  # everything else is in the event file

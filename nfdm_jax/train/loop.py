@@ -250,6 +250,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                         f"{ckpt.latest_step() or 'none'} in {ckpt.directory}")
                 now = time.perf_counter()
                 means["step_time"] = (now - last_time) / (step - last_step)
+                means["steps_per_sec"] = 1.0 / means["step_time"]
                 means["examples_per_sec"] = t.batch_size / means["step_time"]
                 last_time, last_step = now, step
                 final_metrics = honest_names(exp.model, means)

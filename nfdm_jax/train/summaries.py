@@ -1,12 +1,25 @@
-"""Metrics output: TensorBoard event files (process 0 only) and console progress lines."""
+"""Metrics output: TensorBoard event files (process 0 only) and console lines.
+
+TensorBoard gets every scalar; a console line shows only what a user reads while a run
+goes (:data:`CONSOLE`): the objective, the gradient norm, the speed and the learning rate
+in training, the bound and its standard error in evaluation.
+"""
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 from absl import logging
+
+
+# The fields of a console line per prefix, in this order, where present. "loss" is the
+# objective training minimises (total / D; NFDM-OT's only name), "bpd" the bound in bits/dim.
+CONSOLE: dict[str, tuple[str, ...]] = {
+    "train": ("loss", "bpd", "grad_norm", "steps_per_sec", "lr"),
+    "eval": ("bpd", "bpd_stderr", "loss", "loss_stderr"),
+}
 
 
 class MetricWriter:
@@ -20,13 +33,15 @@ class MetricWriter:
             self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str) -> None:
+        """Every value to TensorBoard as ``prefix/name``; the :data:`CONSOLE` fields of
+        ``prefix`` (all values for another prefix) to the log as one line."""
         if self._writer is not None:
             for name, value in values.items():
                 self._writer.add_scalar(f"{prefix}/{name}", float(value), step)
             self._writer.flush()
         if jax.process_index() == 0:
-            text = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(values.items()))
-            logging.info("[%s] step %d  %s", prefix, step, text)
+            logging.info("[%s] step %d  %s", prefix, step,
+                         console_line(values, CONSOLE.get(prefix, sorted(values))))
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
         """``image`` ``[H, W, C]`` uint8."""
@@ -36,6 +51,11 @@ class MetricWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def console_line(values: Mapping[str, float], fields: Sequence[str]) -> str:
+    """``"a=1.23  b=4.5"`` for the ``fields`` of ``values`` that are present, in order."""
+    return "  ".join(f"{k}={_fmt(values[k])}" for k in fields if k in values)
 
 
 def _fmt(v: float) -> str:

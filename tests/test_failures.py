@@ -450,6 +450,10 @@ def test_shipped_configs_pass_validation(name, arg):
     module = importlib.import_module(f"experiments.{name}")
     try:
         config = module.get_config(arg)
-    except ValueError:  # this config has no such variant
-        return
+    except ValueError as e:
+        # Only a variant the config does not offer (e.g. the bridges have no ``vdm``) is
+        # not a case; any other error building a shipped config fails the test.
+        if "unknown config variant" not in str(e):
+            raise
+        pytest.skip(f"experiments/{name}.py does not offer {arg!r}: {e}")
     validation.check_config(config, jax.devices()[:1])

@@ -2,7 +2,8 @@
 
 Every field any experiment may set exists here, so configs are locked: a misspelt
 ``--config.a.b=value`` override is an error rather than a silently ignored field.
-Fields whose default comes from the network preset are typed placeholders (``None``).
+Fields without a default (the data statistics, a model's own σ choice) are typed placeholders
+(``None``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ def base_config() -> ConfigDict:
     m.delta = 1e-3                 # σ at t = 0; see the image configs for why not 0.01
     m.volatility = "learned"       # learned | vp_matching | neural_matched | delta_matched | zero
     m.volatility_base = "neural_matched"  # start of a learned g²: neural_matched | delta_matched
-    m.volatility_hidden = 64
     # Predictor: edm (EDM scalings from the untrained process and the data's statistics) |
     # preconditioned (the paper's) | eps (VP models). See nfdm_jax.models.
     m.parameterization = "edm"
@@ -40,8 +40,7 @@ def base_config() -> ConfigDict:
     # Fourier features of the predictor's input (edm/eps, images): sin/cos(2ⁿ π ·) for n in
     # this tuple; 4 resolves 17 grey levels, 7 and 8 resolve 8-bit ones (drifts.fourier_features).
     m.fourier_exponents = ()
-    m.gamma = "linear"             # VP schedule: linear | cosine (vdm_learned learns its own)
-    m.gamma_min = -13.3
+    m.gamma_min = -13.3            # VP models' linear log-SNR schedule (vdm_learned learns its own)
     m.gamma_max = 5.0
     m.curvature_weight = 0.0       # NFDM-OT λ
     m.obstacle_weight = 0.0        # NFBM obstacle λ_obs
@@ -49,11 +48,7 @@ def base_config() -> ConfigDict:
     m.obstacle_radius = 1.0
 
     c.net = n = ConfigDict()
-    n.preset = "cifar10"           # nfdm_jax.nets.PRESETS (images)
-    n.channels = config_dict.placeholder(int)
-    n.depth = config_dict.placeholder(int)
-    n.dropout = config_dict.placeholder(float)
-    n.forward_channels = config_dict.placeholder(int)
+    n.preset = "cifar10"           # nfdm_jax.nets.PRESETS (images): widths, depth, dropout
     n.dtype = "float32"            # compute dtype: float32 | bfloat16 (parameters stay float32)
     n.remat = False
     # Forward net only (it runs under jax.jvp): none | attention (recompute the attention
@@ -61,8 +56,8 @@ def base_config() -> ConfigDict:
     # see experiments/cifar10.py).
     n.forward_remat = "attention"
     n.conv = "auto"                # auto (matmul on CPU, XLA conv elsewhere) | xla | matmul
-    n.hidden = 256                 # 2-D MLPs
-    n.time_embed_dim = 32
+    n.hidden = 256                 # 2-D MLPs: width
+    n.depth = 3                    # 2-D MLPs: hidden layers
     n.forward_time_scale = 1.0     # forward network's time features: sin/cos(scale · t · freqs)
 
     c.data = d = ConfigDict()
@@ -78,14 +73,11 @@ def base_config() -> ConfigDict:
 
     c.optim = o = ConfigDict()
     o.lr = 5e-4
-    o.schedule = "polynomial"      # polynomial (linear decay to end_lr) | constant
+    o.schedule = "polynomial"      # polynomial (linear decay to 0 at num_steps) | constant
     o.warmup_steps = 45_000
-    o.end_lr = 0.0
-    o.power = 1.0
     o.b1 = 0.9
     o.b2 = 0.999
     o.eps = 1e-8
-    o.weight_decay = 0.0
     o.clip_norm = 1.0              # max global gradient norm (nfdm_jax.train.optimizer)
     o.ema_decay = 0.9999
 
@@ -99,7 +91,6 @@ def base_config() -> ConfigDict:
     t.eval_batch_size = 0          # 0 = batch_size
     t.checkpoint_every = 5_000
     t.max_to_keep = 3
-    t.async_checkpointing = True
 
     c.sample = ConfigDict()
     c.sample.every = 0             # training steps between sample grids; 0 = never

@@ -143,7 +143,7 @@ def make_config(module: Any, variant: str, edits: dict[str, Any], s: Settings,
     c.unlock()
     c.net.hidden = s.hidden
     c.train.batch_size, c.train.num_steps = s.batch_size, s.steps
-    c.optim.lr, c.optim.schedule, c.optim.end_lr = s.lr, "polynomial", 0.0
+    c.optim.lr, c.optim.schedule = s.lr, "polynomial"
     # The edm predictor's statistics, measured on this training pool.
     c.model.data_mean = tuple(float(v) for v in pool.mean(0))
     c.model.data_std = tuple(float(v) for v in pool.std(0))

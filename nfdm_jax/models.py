@@ -175,8 +175,7 @@ class Model:
         self.convention = config.data.convention
         self.log_jacobian = decoders.log_jacobian_per_dim(self.convention)
         self.predictor_net, self.forward_net = _make_networks(config, self.shape, self.bridge)
-        self.volatility_net = (nets.VolatilityMLP(self.m.volatility_hidden)
-                               if self.m.volatility == "learned" else None)
+        self.volatility_net = nets.VolatilityMLP() if self.m.volatility == "learned" else None
         if self.m.parameterization == "edm":
             self.data_mean, self.data_std = _data_stats(config, self.shape)
 
@@ -231,8 +230,7 @@ class Model:
         """The log-SNR schedule γ(t) of the VP models."""
         if self.name == "vdm_learned":
             return schedules.monotone_gamma(params["gamma"])
-        make = schedules.cosine_gamma if self.m.gamma == "cosine" else schedules.linear_gamma
-        return make(self.m.gamma_min, self.m.gamma_max)
+        return schedules.linear_gamma(self.m.gamma_min, self.m.gamma_max)
 
     def forward_fn(self, params: Params, x1: Optional[Array] = None, *, train: bool = False,
                    dropout_key: Optional[Array] = None) -> forward.ForwardFn:
@@ -388,8 +386,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.fourier_exponents={exponents} needs integer exponents "
                          "and config.model.parameterization 'edm' or 'eps' (the predictors "
                          f"that take input features), not {m.parameterization!r}")
-    if m.gamma not in ("linear", "cosine"):
-        raise ValueError(f"config.model.gamma={m.gamma!r}; choose 'linear' or 'cosine'")
     if not 0.0 < m.delta < 1.0:
         raise ValueError(f"config.model.delta={m.delta} must lie in (0, 1)")
     if m.forward_sigma not in (None, "learned", "base"):
@@ -429,15 +425,13 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
         raise ValueError("config.model.fourier_exponents is for images (grey levels on a "
                          "lattice); leave it () for vector data")
     if len(shape) == 1:
-        predictor, fwd = nets.make_2d_networks(n.hidden, n.depth, n.time_embed_dim)
+        predictor, fwd = nets.make_2d_networks(n.hidden, n.depth)
         # Zero output is the intended start of an ε-network only (see PredictorMLP2D).
         predictor = predictor.clone(
             zero_init_output=config.model.parameterization == "eps")
     else:
-        overrides = {k: n[k] for k in ("channels", "depth", "dropout", "forward_channels")
-                     if n[k] is not None}
         preset = dataclasses.replace(nets.get_preset(n.preset), image_shape=tuple(shape),
-                                     cond_channels=shape[-1] if bridge else 0, **overrides)
+                                     cond_channels=shape[-1] if bridge else 0)
         predictor, fwd = nets.make_networks(preset, jnp.dtype(n.dtype), n.remat, n.conv,
                                             n.forward_remat)
         # Input features (model.fourier_exponents) widen the input, not the output.

@@ -57,7 +57,6 @@ def test_cifar_mock_resume_equals_uninterrupted(cifar_run, tmp_path):
 def test_digits_trains_and_eval_reports_bpd_and_frechet(tmp_path):
     config = small(digits.get_config("tiny"), num_steps=4, eval_every=0, checkpoint_every=4)
     config.unlock()
-    config.net.channels, config.net.forward_channels = 16, 8
     config.sample.eval_nfe, config.sample.eval_num = (2,), 64
     config.lock()
     state = loop.train(config, str(tmp_path), jax.devices()[:1])

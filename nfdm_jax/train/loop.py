@@ -205,7 +205,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     t0 = time.perf_counter()
     exp = setup(config, devices, data)
     t = config.train
-    ckpt = Checkpointer(workdir, t.max_to_keep, t.async_checkpointing)
+    ckpt = Checkpointer(workdir, t.max_to_keep)
     state, step = restore_or_create(exp, ckpt)
     write_config(config, workdir)  # only now: every check passed and the state restored
     if step >= t.num_steps:

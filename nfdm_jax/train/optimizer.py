@@ -5,12 +5,12 @@ import ml_collections
 import optax
 
 def learning_rate(o: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to ``o.lr`` over ``o.warmup_steps``, then constant or
-    polynomial decay to ``o.end_lr`` at ``num_steps``."""
+    """Linear warmup from 0 to ``o.lr`` over ``o.warmup_steps``, then constant or linear
+    decay to 0 at ``num_steps`` (``o.schedule``: ``"constant"`` | ``"polynomial"``)."""
     if o.schedule == "constant":
         after = optax.constant_schedule(o.lr)
     elif o.schedule == "polynomial":
-        after = optax.polynomial_schedule(o.lr, o.end_lr, o.power,
+        after = optax.polynomial_schedule(o.lr, 0.0, 1.0,
                                           max(num_steps - o.warmup_steps, 1))
     else:
         raise ValueError(f"config.optim.schedule={o.schedule!r}; choose 'polynomial' or 'constant'")
@@ -21,8 +21,8 @@ def learning_rate(o: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
 
 
 def make_optimizer(o: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """Clip the gradient's norm over *all* parameters to ``o.clip_norm``, then AdamW on
-    :func:`learning_rate`'s schedule.
+    """Clip the gradient's norm over *all* parameters to ``o.clip_norm``, then Adam on
+    :func:`learning_rate`'s schedule (no weight decay: no config used any).
 
     One global norm: when one network's gradient is large (NFDM's forward network has 2–4×
     the predictor's), every network's step shrinks with it. Clipping each network's norm on
@@ -30,5 +30,4 @@ def make_optimizer(o: ml_collections.ConfigDict, num_steps: int) -> optax.Gradie
     on the digits (reports/README.md, "What was tried and removed").
     """
     return optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                       optax.adamw(learning_rate(o, num_steps), o.b1, o.b2, o.eps,
-                                   weight_decay=o.weight_decay))
+                       optax.adam(learning_rate(o, num_steps), o.b1, o.b2, o.eps))

@@ -97,8 +97,6 @@ def _check_train(c: ml_collections.ConfigDict) -> None:
         _int_at_least(c, f"train.{field}", 0, " (0 = never)")
     _int_at_least(c, "train.eval_t_samples", 1)
     _int_at_least(c, "train.max_to_keep", 1, " (checkpoints kept; 0 would delete them all)")
-    _require(isinstance(t.async_checkpointing, bool), "train.async_checkpointing",
-             t.async_checkpointing, "True or False")
 
 
 def _check_optim(c: ml_collections.ConfigDict) -> None:
@@ -106,15 +104,10 @@ def _check_optim(c: ml_collections.ConfigDict) -> None:
     _require(_is_real(o.lr) and o.lr > 0, "optim.lr", o.lr, "a finite number > 0")
     _require(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {SCHEDULES}")
     _int_at_least(c, "optim.warmup_steps", 0)
-    _require(_is_real(o.end_lr) and o.end_lr >= 0, "optim.end_lr", o.end_lr,
-             "a finite number >= 0")
-    _require(_is_real(o.power) and o.power > 0, "optim.power", o.power, "a finite number > 0")
     for field in ("b1", "b2", "ema_decay"):
         v = o[field]
         _require(_is_real(v) and 0 <= v < 1, f"optim.{field}", v, "a number in [0, 1)")
     _require(_is_real(o.eps) and o.eps > 0, "optim.eps", o.eps, "a finite number > 0")
-    _require(_is_real(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay",
-             o.weight_decay, "a finite number >= 0")
     _require(_is_real(o.clip_norm) and o.clip_norm > 0, "optim.clip_norm", o.clip_norm,
              "a finite number > 0 (the global-norm clipping threshold)")
 
@@ -138,11 +131,9 @@ def _check_net_and_data(c: ml_collections.ConfigDict) -> None:
     if "forward_remat" in n:
         _require(n.forward_remat in nets.FORWARD_REMATS, "net.forward_remat", n.forward_remat,
                  f"one of {nets.FORWARD_REMATS}")
-    for field in ("hidden", "time_embed_dim", "channels", "depth", "forward_channels"):
+    for field in ("hidden", "depth"):
         if field in n:
-            v = n[field]
-            _require(v is None or (_is_int(v) and v >= 1), f"net.{field}", v,
-                     "an integer >= 1 (None: the preset's value)")
+            _int_at_least(c, f"net.{field}", 1)
     _require(c.data.name in DATASETS, "data.name", c.data.name, f"one of {sorted(DATASETS)}")
     if "preset" in c.net and c.data.name != "toy2d":
         _require(c.net.preset in nets.PRESETS, "net.preset", c.net.preset,

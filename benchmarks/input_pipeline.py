@@ -65,13 +65,12 @@ def input_rate(sources: Mapping[str, Source], config: ml_collections.ConfigDict,
 
 def step_rate(config: ml_collections.ConfigDict, num_steps: int) -> float:
     """Dispatches per second of the config's compiled train step (median over dispatches)."""
-    from nfdm_jax.train import loop, step as steps
+    from nfdm_jax.train import experiment, step as steps, validation
 
-    exp = loop.setup(config)
-    state = loop.create_state(exp)
-    fn = steps.jit_train_step(steps.make_train_step(exp.model, exp.optimizer, exp.schedule,
-                                                    exp.key(1), config.optim.ema_decay),
-                              exp.mesh, exp.state_shardings)
+    validation.check_config(config)
+    exp = experiment.setup(config)
+    state = experiment.create_state(exp)
+    fn = steps.jit_train_step(exp.training.step(exp.key(1)), exp.mesh, exp.state_shardings)
     it = BatchIterator(exp.data.train, config.train.batch_size, exp.mesh, config.seed,
                        steps_per_dispatch=config.train.steps_per_dispatch)
     batches = [next(it) for _ in range(num_steps + 1)]

@@ -56,8 +56,7 @@ from ml_collections import config_flags
 
 from nfdm_jax.data.registry import example_shape
 from nfdm_jax.models import Model
-from nfdm_jax.train import runtime, sharding, step as steps
-from nfdm_jax.train.optimizer import learning_rate, make_optimizer
+from nfdm_jax.train import runtime, sharding, step as steps, validation
 
 
 GIB = 2 ** 30
@@ -97,15 +96,16 @@ class Step:
         t = config.train
         self.config = config
         self.shape = example_shape(config.data)
+        validation.check_config(config, devices)
+        validation.check_model_shape(config, self.shape)
         self.mesh = sharding.make_mesh(config, devices)
-        sharding.check_batch(self.mesh, t.batch_size)
         self.model = Model(config, self.shape)
-        optimizer = make_optimizer(config.optim, t.num_steps)
+        training = steps.training(config, self.model)
         fields = ["x", "x1"] if self.model.bridge else ["x"]
         images = len(self.shape) == 3
         dtype = np.uint8 if images else np.float32
         example = {f: np.zeros((1,) + self.shape, dtype) for f in fields}
-        self.init = lambda key: steps.init_state(self.model, optimizer, key, example)  # noqa
+        self.init = lambda key: training.init(key, example)  # noqa: E731
         abstract = jax.eval_shape(self.init, jax.random.PRNGKey(0))
         self.state_shardings = sharding.tree_shardings(self.mesh, abstract,
                                                        config.mesh.shard_min_size)
@@ -116,10 +116,8 @@ class Step:
         stacked = (t.steps_per_dispatch, t.batch_size) + self.shape
         self.abstract_batch = {f: jax.ShapeDtypeStruct(stacked, dtype, sharding=self.batch_sharding)
                                for f in fields}
-        self.fn = steps.jit_train_step(
-            steps.make_train_step(self.model, optimizer, learning_rate(config.optim, t.num_steps),
-                                  jax.random.PRNGKey(1), config.optim.ema_decay),
-            self.mesh, self.state_shardings)
+        self.fn = steps.jit_train_step(training.step(jax.random.PRNGKey(1)), self.mesh,
+                                       self.state_shardings)
 
     def random_batch(self) -> dict[str, jax.Array]:
         rng = np.random.default_rng(0)

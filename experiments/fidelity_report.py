@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import zlib
 import os
 import time
@@ -76,11 +75,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from experiments import digits, report_lib as lib, toy2d, toy2d_ot
-from nfdm_jax import drifts, losses, sampling
+from nfdm_jax import drifts, evaluation, losses, sampling
 from nfdm_jax.metrics.sample_distances import sliced_wasserstein
 from nfdm_jax.models import Model, Params
-from nfdm_jax.train import optimizer as optim
 from nfdm_jax.train import step as train_step
+from nfdm_jax.train import validation
 
 POOL_SIZE = 2 ** 18
 LABELS = {"vp": "VP (vdm)", "vdm_learned": "VDM, learned γ", "nfdm": "NFDM",
@@ -151,6 +150,8 @@ def make_config(module: Any, variant: str, edits: dict[str, Any], s: Settings,
         group, field = k.split(".")
         c[group][field] = v
     c.lock()
+    validation.check_config(c)
+    validation.check_model_shape(c, pool.shape[1:])
     return c
 
 
@@ -173,18 +174,16 @@ def fit_seeds(model: Model, config: ml_collections.ConfigDict, pool: np.ndarray,
     """Trains ``s.seeds`` seeds in one jitted, vmapped ``lax.scan`` per chunk; returns the EMA
     parameters ``[S, ...]`` and the per-chunk mean losses ``[S, chunks]``."""
     sample = lib.pool_sampler({"x": pool}, s.batch_size)
-    optimizer = optim.make_optimizer(config.optim, s.steps)
-    schedule = optim.learning_rate(config.optim, s.steps)
+    training = train_step.training(config, model)  # config.train.num_steps = s.steps
     keys = jax.random.split(key, s.seeds)
 
     def init(k: jax.Array) -> Any:
         k_init, _, k_data = jax.random.split(k, 3)
-        return train_step.init_state(model, optimizer, k_init, sample(k_data))
+        return training.init(k_init, sample(k_data))
 
     def chunk(state: Any, k: jax.Array, i: jax.Array) -> tuple[Any, jax.Array]:
         _, k_train, k_data = jax.random.split(k, 3)
-        step = train_step.make_train_step(model, optimizer, schedule, k_train,
-                                          config.optim.ema_decay)
+        step = training.step(k_train)
         batches = jax.vmap(sample)(jax.random.split(jax.random.fold_in(k_data, i), s.chunk))
         state, metrics = step(state, batches)
         return state, metrics["loss"]
@@ -216,14 +215,16 @@ def model_index(name: str) -> int:
 
 
 def seed_stats(values: list[float]) -> dict[str, Any]:
-    v = np.asarray(values, np.float64)
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
-    return {"mean": float(v.mean()), "se": se, "per_seed": [float(x) for x in v]}
+    """:func:`nfdm_jax.evaluation.mean_se` over seeds, with the per-seed values."""
+    mean, se = evaluation.mean_se(values)
+    return {"mean": mean, "se": se, "per_seed": [float(v) for v in values]}
 
 
-def diff_profile(model: Model, params: Params, x: np.ndarray, key: jax.Array,
-                 ts: np.ndarray) -> np.ndarray:
-    """L_diff's integrand E_{x, ε} ‖f^B − f̂‖² / (2g²) at each fixed t of ``ts`` (nats)."""
+def diff_profile(model: Model, params: Params, x: jax.Array, ts: np.ndarray,
+                 eps_keys: list[list[jax.Array]]) -> np.ndarray:
+    """L_diff's integrand E_{x, ε} ‖f^B − f̂‖² / (2g²) (nats per example per unit t) at each
+    fixed t of ``ts`` ``[T]``: its mean over ``x`` ``[N, *D]`` (in the model's convention) and
+    over one ε draw per key of ``eps_keys[i]`` at ``ts[i]``; ``[T]``."""
     x = jnp.asarray(x)
 
     @jax.jit
@@ -233,8 +234,8 @@ def diff_profile(model: Model, params: Params, x: np.ndarray, key: jax.Array,
         return jnp.mean(losses.diffusion_loss(model.forward_fn(params), model.predictor_fn(params),
                                               model.volatility_fn(params), x, tt, eps))
 
-    return np.asarray([float(at(jnp.asarray(t), jax.random.fold_in(key, i)))
-                       for i, t in enumerate(ts)])
+    return np.asarray([float(np.mean([at(jnp.asarray(t), k) for k in keys]))
+                       for t, keys in zip(ts, eps_keys)])
 
 
 def sigma_profile(model: Model, params: Params, x: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -252,8 +253,8 @@ def likelihood_section(s: Settings, key: jax.Array, models: dict[str, tuple[Any,
     for d, density in enumerate(densities):
         pool = lib.sample_density(density, np.random.default_rng(100 + d), POOL_SIZE)
         x = lib.sample_density(density, np.random.default_rng(200 + d), s.num_eval)
-        entropy = lib.mean_se(-lib.DENSITIES[density].log_prob(x))
-        entropy_ode = lib.mean_se(-lib.DENSITIES[density].log_prob(x[:s.num_ode]))
+        entropy = evaluation.mean_se(-lib.DENSITIES[density].log_prob(x))
+        entropy_ode = evaluation.mean_se(-lib.DENSITIES[density].log_prob(x[:s.num_ode]))
         res: dict[str, Any] = {"true_entropy": entropy._asdict(),
                                "true_entropy_ode_points": entropy_ode._asdict(), "models": {}}
         trained_all[density] = {}
@@ -293,7 +294,9 @@ def likelihood_section(s: Settings, key: jax.Array, models: dict[str, tuple[Any,
                 if name in trained_all[density]:
                     t = trained_all[density][name]
                     res["diff_profile"][name] = diff_profile(
-                        t.model, t.seed(0), xp, jax.random.fold_in(key, 99), ts).tolist()
+                        t.model, t.seed(0), xp, ts,
+                        [[jax.random.fold_in(jax.random.fold_in(key, 99), i)]
+                         for i in range(len(ts))]).tolist()
                     res["sigma_profile"][name] = sigma_profile(t.model, t.seed(0), xp, ts).tolist()
         out[density] = res
     return out, trained_all
@@ -340,20 +343,12 @@ def digits_profile(config: ml_collections.ConfigDict, workdir: str, ts: np.ndarr
     from nfdm_jax.train import loop
 
     def profile(exp: Any, params: Any, step: int) -> list[float]:
-        model = exp.model
         source = exp.data.eval["x"]
-        x = model.preprocess(jnp.asarray(source.take(np.arange(len(source)))["x"]),
-                             jax.random.key(0))
-
-        @jax.jit
-        def at(t: jax.Array, key: jax.Array) -> jax.Array:
-            eps = jax.random.normal(key, x.shape)
-            tt = jnp.full((x.shape[0],), t)
-            return jnp.mean(losses.diffusion_loss(model.forward_fn(params),
-                                                  model.predictor_fn(params),
-                                                  model.volatility_fn(params), x, tt, eps))
-
-        return [float(np.mean([at(t, jax.random.key(i)) for i in range(num_eps)])) for t in ts]
+        x = exp.model.preprocess(jnp.asarray(source.take(np.arange(len(source)))["x"]),
+                                 jax.random.key(0))
+        # The same ε draws at every t.
+        keys = [jax.random.key(i) for i in range(num_eps)]
+        return diff_profile(exp.model, params, x, ts, [keys] * len(ts)).tolist()
 
     return loop.from_latest(config, workdir, "profile", profile)
 
@@ -369,6 +364,7 @@ def digits_run(variant: str, steps: int, seed: int,
     c.train.eval_t_samples = s.digits_eval_t_samples
     c.sample.eval_nfe = ()  # test BPD only: no sample-quality pass
     c.lock()
+    validation.check_config(c)
     return c, f"{_label(variant)}_steps{steps}_seed{seed}"
 
 

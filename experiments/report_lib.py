@@ -101,12 +101,6 @@ def pool_sampler(pools: dict[str, np.ndarray], batch_size: int) -> BatchSampler:
 MeanSE = evaluation.MeanSE
 
 
-def mean_se(values: np.ndarray) -> MeanSE:
-    """Mean and standard error of per-example values ``[N]`` (float64 on the host)."""
-    v = np.asarray(values, np.float64)
-    return MeanSE(float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)))
-
-
 def nelbo_per_example(model: Model, params: Params, x: np.ndarray, key: Array,
                       num_t_samples: int, chunk: int = 256) -> dict[str, np.ndarray]:
     """Every per-example NELBO term ``[N]`` in nats, averaged over ``num_t_samples`` draws

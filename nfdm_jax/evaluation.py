@@ -122,6 +122,15 @@ def combine(moments: np.ndarray) -> tuple[float, float, int]:
     return mean, stderr, int(n)
 
 
+def mean_se(values: Any) -> MeanSE:
+    """Mean and standard error (sample std / √count, float64; NaN for one value) of
+    ``values`` ``[N]``: :func:`combine` of one batch, so every mean ± s.e. of the project
+    (an evaluation, a report's seeds or points) is the same formula."""
+    v = np.asarray(values, np.float64)
+    mean, se, _ = combine(np.array([[v.size, v.mean(), np.sum(np.square(v - v.mean()))]]))
+    return MeanSE(mean, se)
+
+
 def evaluate(per_example: PerExample, params: Any, batches: Iterable[Mapping[str, Any]],
              key: Array, *, num_t_samples: int = 1, tile: int = 1,
              progress: Optional[Callable[[int], None]] = None) -> Evaluation:

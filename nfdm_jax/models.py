@@ -11,7 +11,8 @@ parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts
 
 Models (``config.model.name``) are the entries of :data:`MODELS`, one :class:`ModelSpec`
 each: its forward process, objective, decoder width, and the volatilities and predictor
-parameterizations it allows (:func:`validate` derives its rules from the table). Adding a
+parameterizations it allows (:func:`nfdm_jax.train.validation.check_model` derives its rules
+from the table). Adding a
 model is one entry plus its test.
 
 ============== =============================== =================================
@@ -157,13 +158,12 @@ class Model:
     """The networks, processes and objective of one ``config`` (see the module docstring).
 
     Args:
-      config: the full experiment config; reads ``config.model``, ``config.net`` and
-        ``config.data.convention``.
+      config: the full experiment config, validated (:mod:`nfdm_jax.train.validation`);
+        reads ``config.model``, ``config.net`` and ``config.data.convention``.
       shape: the shape of one example of ``"x"``, e.g. ``(32, 32, 3)`` or ``(2,)``.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, shape: tuple[int, ...]):
-        validate(config)
         self.config = config
         self.m = config.model
         self.shape = tuple(shape)
@@ -177,7 +177,8 @@ class Model:
         self.predictor_net, self.forward_net = _make_networks(config, self.shape, self.bridge)
         self.volatility_net = nets.VolatilityMLP() if self.m.volatility == "learned" else None
         if self.m.parameterization == "edm":
-            self.data_mean, self.data_std = _data_stats(config, self.shape)
+            self.data_mean, self.data_std = (jnp.asarray(tuple(v), jnp.float32)
+                                             for v in (self.m.data_mean, self.m.data_std))
 
     # ---------------------------------------------------------------- parameters
 
@@ -351,68 +352,6 @@ class Model:
         return metrics["loss"], metrics
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the field when the model config is inconsistent.
-
-    Which volatilities and parameterizations a model allows comes from :data:`MODELS`.
-    """
-    m = config.model
-    if m.name not in MODELS:
-        raise ValueError(f"config.model.name={m.name!r}; choose from {tuple(MODELS)}")
-    spec = MODELS[m.name]
-    if config.data.convention not in decoders.CONVENTIONS:
-        raise ValueError(f"config.data.convention={config.data.convention!r}; "
-                         f"choose from {decoders.CONVENTIONS}")
-    if m.volatility not in spec.volatilities:
-        why = " (the NELBO divides by g²)" if m.volatility == "zero" else ""
-        raise ValueError(f"config.model.volatility={m.volatility!r} is not allowed for "
-                         f"{m.name}{why}; choose from {spec.volatilities}")
-    if m.parameterization not in spec.parameterizations:
-        raise ValueError(f"config.model.parameterization={m.parameterization!r} is not allowed "
-                         f"for {m.name}; choose from {spec.parameterizations}")
-    if m.volatility_base not in VOLATILITY_BASES:
-        raise ValueError(f"config.model.volatility_base={m.volatility_base!r}; "
-                         f"choose from {tuple(VOLATILITY_BASES)}")
-    if spec.objective == "bridge" and "neural_matched" in (m.volatility, m.volatility_base):
-        raise ValueError("neural_matched volatility is derived for the unpinned neural process; "
-                         "bridges (nfbm) need config.model.volatility_base='delta_matched'")
-    if m.parameterization == "edm" and (m.data_mean is None or m.data_std is None):
-        raise ValueError("config.model.parameterization='edm' needs config.model.data_mean and "
-                         "data_std (per channel); measure them with "
-                         "nfdm_jax.data.channel_stats(config.data, config.seed)")
-    exponents = tuple(m.fourier_exponents)
-    if exponents and (m.parameterization not in ("edm", "eps")
-                      or not all(isinstance(n, int) for n in exponents)):
-        raise ValueError(f"config.model.fourier_exponents={exponents} needs integer exponents "
-                         "and config.model.parameterization 'edm' or 'eps' (the predictors "
-                         f"that take input features), not {m.parameterization!r}")
-    if not 0.0 < m.delta < 1.0:
-        raise ValueError(f"config.model.delta={m.delta} must lie in (0, 1)")
-    if m.forward_sigma not in (None, "learned", "base"):
-        raise ValueError(f"config.model.forward_sigma={m.forward_sigma!r}; choose 'learned' "
-                         "(the forward network sets σ), 'base' (σ of the untrained process) "
-                         "or None (the model's default)")
-    if m.forward_sigma == "base" and spec.forward is not _neural:
-        raise ValueError("config.model.forward_sigma='base' holds the neural process's σ: "
-                         f"only nfdm and nfdm_ot have one, not model.name={m.name!r}")
-
-
-def _data_stats(config: ml_collections.ConfigDict,
-                shape: tuple[int, ...]) -> tuple[Array, Array]:
-    """(mean, std) ``[C]`` from ``config.model.data_mean`` / ``data_std``, checked against
-    the channel count ``shape[-1]``."""
-    m = config.model
-    mean, std = (jnp.asarray(tuple(v), jnp.float32) for v in (m.data_mean, m.data_std))
-    channels = shape[-1]
-    for name, v in (("data_mean", mean), ("data_std", std)):
-        if v.shape not in ((channels,), (1,)):
-            raise ValueError(f"config.model.{name} has {v.size} values; the data have "
-                             f"{channels} channels (give one per channel)")
-    if not bool(jnp.all(std > 0)):
-        raise ValueError(f"config.model.data_std={tuple(m.data_std)} must be positive")
-    return mean, std
-
-
 def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
                    bridge: bool) -> tuple[nn.Module, nn.Module]:
     """(predictor, forward) Flax modules: MLPs for vectors, U-Nets for images.
@@ -421,9 +360,6 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
     drift, and the predictors' usual 1000 amplifies it up to 1000× (issue #9).
     """
     n = config.net
-    if len(shape) == 1 and config.model.fourier_exponents:
-        raise ValueError("config.model.fourier_exponents is for images (grey levels on a "
-                         "lattice); leave it () for vector data")
     if len(shape) == 1:
         predictor, fwd = nets.make_2d_networks(n.hidden, n.depth)
         # Zero output is the intended start of an ε-network only (see PredictorMLP2D).

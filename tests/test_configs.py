@@ -15,12 +15,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("arg", ["", "tiny"])
 def test_config_loads_locked_and_valid(name, arg):
-    from nfdm_jax.models import validate
+    import jax
+
+    from nfdm_jax.train import validation
 
     module = importlib.import_module(f"experiments.{name}")
     assert "Launch" in module.__doc__ and "Expected" in module.__doc__
     c = module.get_config(arg)
-    validate(c)
+    validation.check_config(c, jax.devices()[:1])
     assert c.is_locked
     with pytest.raises(AttributeError):
         c.train.bogus = 1

@@ -57,6 +57,18 @@ def test_every_example_counted_once_with_exact_mean_and_se(split, devices):
     assert result.means()["half_stderr"] == pytest.approx(0.5 * result.terms["total"].se)
 
 
+def test_mean_se_is_the_sample_formula_and_combines_over_batches():
+    """The one mean ± s.e. helper; the evaluator's batch-wise combination gives the same."""
+    v = np.random.default_rng(0).standard_normal(37) * 3.0 + 1.0
+    mean, se = evaluation.mean_se(v)
+    assert mean == pytest.approx(v.mean(), rel=1e-12)
+    assert se == pytest.approx(v.std(ddof=1) / math.sqrt(v.size), rel=1e-12)
+    parts = np.split(v, [5, 20])
+    moments = [[p.size, p.mean(), np.sum(np.square(p - p.mean()))] for p in parts]
+    assert evaluation.combine(np.array(moments))[:2] == pytest.approx((mean, se), rel=1e-12)
+    assert math.isnan(evaluation.mean_se([2.0]).se)
+
+
 def test_non_finite_padding_does_not_leak():
     x = np.ones((4, 1), np.float32)
     x[3] = 0.0  # log 0 = −inf on the padded row
@@ -157,15 +169,15 @@ def test_report_nelbo_per_example_is_the_evaluator(toy_config):
     any N (padded), one value per point, and K-stratified points average to the same bound as
     :func:`evaluation.evaluate` within their standard errors."""
     from experiments import report_lib
-    from nfdm_jax.train import loop
+    from nfdm_jax.train import experiment
 
-    exp = loop.setup(toy_config(), jax.devices()[:1])
-    params = loop.create_state(exp).params
+    exp = experiment.setup(toy_config(), jax.devices()[:1])
+    params = experiment.create_state(exp).params
     x = np.stack([exp.data.eval["x"][i]["x"] for i in range(50)])
     terms = report_lib.nelbo_per_example(exp.model, params, x, jax.random.key(0),
                                          num_t_samples=4, chunk=16)
     assert terms["total"].shape == (50,) and np.all(np.isfinite(terms["total"]))
     result = evaluation.evaluate(exp.model.per_example, params, batches_of(x), jax.random.key(1),
                                  num_t_samples=4)
-    spread = math.hypot(result.terms["total"].se, report_lib.mean_se(terms["total"]).se)
+    spread = math.hypot(result.terms["total"].se, evaluation.mean_se(terms["total"]).se)
     assert abs(result.terms["total"].mean - terms["total"].mean()) < 4 * spread

@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import run
-from nfdm_jax.train import Checkpointer, checkpointing, loop, validation
+from nfdm_jax.train import Checkpointer, checkpointing, experiment, loop, validation
 from nfdm_jax.train.preemption import Preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -271,7 +271,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_is_kept(how, trained, tmp_path
     corrupt(workdir, how)
     before = snapshot(workdir)
     config = toy_config(**NINE)
-    exp = loop.setup(config, jax.devices()[:1])
+    exp = experiment.setup(config, jax.devices()[:1])
     ckpt = Checkpointer(workdir, config.train.max_to_keep)
     _, step = loop.restore_or_create(exp, ckpt)
     ckpt.close()

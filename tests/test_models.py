@@ -7,6 +7,7 @@ import pytest
 
 from experiments import toy2d
 from nfdm_jax.models import MODELS, Model
+from nfdm_jax.train import validation
 
 VARIANTS = {  # model -> config edits on the 2-D toy
     "nfdm": {},
@@ -20,6 +21,12 @@ VARIANTS = {  # model -> config edits on the 2-D toy
     "flow_matching": {"model.name": "flow_matching", "model.volatility": "delta_matched"},
     "nfdm_frozen": {"model.name": "nfdm_frozen", "model.volatility": "neural_matched"},
 }
+
+
+def validate(config):
+    """The one validator, as an entry path calls it, for 2-D examples."""
+    validation.check_config(config, jax.devices()[:1])
+    validation.check_model_shape(config, (2,))
 
 
 def config_for(edits):
@@ -73,9 +80,9 @@ def test_forward_sigma_base_learns_only_the_mean():
     np.testing.assert_allclose(ls_b, 0.6 * np.log(learned.m.delta), rtol=1e-6)
     assert float(jnp.max(jnp.abs(ls_l - ls_b))) > 1e-3
     with pytest.raises(ValueError, match="forward_sigma='fixed'"):
-        Model(config_for({"model.forward_sigma": "fixed"}), (2,))
+        validate(config_for({"model.forward_sigma": "fixed"}))
     with pytest.raises(ValueError, match="not model.name='nfbm'"):
-        Model(config_for({**VARIANTS["nfbm"], "model.forward_sigma": "base"}), (2,))
+        validate(config_for({**VARIANTS["nfbm"], "model.forward_sigma": "base"}))
 
 
 def test_forward_sigma_defaults_per_model():
@@ -91,11 +98,11 @@ def test_forward_sigma_defaults_per_model():
 
 def test_invalid_combinations_are_named():
     with pytest.raises(ValueError, match="volatility='zero'"):
-        Model(config_for({"model.volatility": "zero"}), (2,))
+        validate(config_for({"model.volatility": "zero"}))
     with pytest.raises(ValueError, match="vp_matching"):
-        Model(config_for({"model.volatility": "vp_matching"}), (2,))
+        validate(config_for({"model.volatility": "vp_matching"}))
     with pytest.raises(ValueError, match="model.name='bogus'"):
-        Model(config_for({"model.name": "bogus"}), (2,))
+        validate(config_for({"model.name": "bogus"}))
 
 
 def test_forward_network_time_scale_comes_from_the_config():
@@ -121,13 +128,13 @@ def test_every_model_of_the_table_is_tested():
 
 def test_validate_rules_come_from_the_table():
     with pytest.raises(ValueError, match="parameterization='eps' is not allowed for nfdm"):
-        Model(config_for({"model.parameterization": "eps"}), (2,))
+        validate(config_for({"model.parameterization": "eps"}))
     c = config_for({})
     c.model.data_mean = None
     with pytest.raises(ValueError, match="data_mean"):
-        Model(c, (2,))
+        validate(c)
     with pytest.raises(ValueError, match="3 values"):
-        Model(config_for({"model.data_mean": (0.0, 0.0, 0.0)}), (2,))
+        validate(config_for({"model.data_mean": (0.0, 0.0, 0.0)}))
 
 
 def test_nfdm_starts_at_the_linear_posterior_mean_and_frozen_is_the_untrained_process():
@@ -227,6 +234,6 @@ def test_fourier_features_need_a_predictor_that_takes_them():
     c.unlock()
     c.model.parameterization = "preconditioned"
     with pytest.raises(ValueError, match="fourier_exponents.*'edm' or 'eps'"):
-        Model(c, (8, 8, 1))
+        validation.check_config(c, jax.devices()[:1])
     with pytest.raises(ValueError, match="fourier_exponents is for images"):
-        Model(config_for({"model.fourier_exponents": (4,)}), (2,))
+        validate(config_for({"model.fourier_exponents": (4,)}))

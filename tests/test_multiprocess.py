@@ -25,7 +25,7 @@ address, pid, workdir, num_steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], i
 jax.distributed.initialize(address, num_processes=2, process_id=pid)
 from experiments import toy2d
 from nfdm_jax.data import BatchIterator
-from nfdm_jax.train import Checkpointer, loop
+from nfdm_jax.train import Checkpointer, experiment, loop
 
 config = toy2d.get_config("tiny")
 config.unlock()
@@ -35,7 +35,7 @@ ckpt = Checkpointer(workdir, 3)
 resumed_from = ckpt.latest_step()
 ckpt.close()
 state = loop.train(config, workdir)
-exp = loop.setup(config)
+exp = experiment.setup(config)
 it = BatchIterator(exp.data.train, config.train.batch_size, exp.mesh, config.seed)
 rows = [it.local_indices(0, s).tolist() for s in range(3)]
 it.close()

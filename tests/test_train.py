@@ -13,14 +13,14 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from nfdm_jax.data import BatchIterator
-from nfdm_jax.train import CheckpointError, Checkpointer, loop, sharding, step as steps
+from nfdm_jax.train import CheckpointError, Checkpointer, experiment, loop, sharding, step as steps
+
 
 def run_steps(config, devices, num_dispatches):
     """(per-dispatch losses, final params as numpy, jitted step) on the given devices."""
-    exp = loop.setup(config, devices)
-    state = loop.create_state(exp)
-    fn = steps.make_train_step(exp.model, exp.optimizer, exp.schedule, exp.key(1),
-                               config.optim.ema_decay)
+    exp = experiment.setup(config, devices)
+    state = experiment.create_state(exp)
+    fn = exp.training.step(exp.key(1))
     chex.clear_trace_counter()  # counts are per code object, shared by every closure
     traced = chex.assert_max_traces(fn, n=1)
     jitted = steps.jit_train_step(traced, exp.mesh, exp.state_shardings)
@@ -57,7 +57,7 @@ def test_sharded_matches_single_device(one_device, model_axis, toy_config,
 
 
 def test_parameters_are_sharded_over_model_axis(toy_config):
-    exp = loop.setup(toy_config(**{"mesh.model": 2}), jax.devices())
+    exp = experiment.setup(toy_config(**{"mesh.model": 2}), jax.devices())
     specs = [s.spec for s in jax.tree.leaves(exp.state_shardings.params)]
     assert any("model" in spec for spec in specs)
     assert sharding.param_spec((3, 5), 2, 0) == P()
@@ -96,7 +96,7 @@ def test_resume_on_other_device_count_equals_uninterrupted(three_steps, tmp_path
     assert int(resumed.step) == 6
     chex.assert_trees_all_close(jax.device_get(resumed.params), jax.device_get(straight.params),
                                 rtol=rtol, atol=atol)
-    exp = loop.setup(config, jax.devices()[:1])
+    exp = experiment.setup(config, jax.devices()[:1])
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           exp.abstract_state, exp.state_shardings)
     ckpt = Checkpointer(workdir, 3)
@@ -119,7 +119,7 @@ def test_checkpoint_of_another_tree_structure_is_a_config_error_and_stays(three_
     import optax
 
     workdir = copy_of(three_steps, tmp_path)
-    exp = loop.setup(toy_config(**{"train.num_steps": 3}), jax.devices()[:1])
+    exp = experiment.setup(toy_config(**{"train.num_steps": 3}), jax.devices()[:1])
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           exp.abstract_state, exp.state_shardings)
     other = target.replace(opt_state=(target.opt_state, optax.EmptyState()))
@@ -179,7 +179,6 @@ def test_already_complete_run_says_so_and_does_not_train(three_steps, tmp_path, 
     with caplog.at_level("INFO"):
         state = loop.train(toy_config(**{"train.num_steps": 3}), workdir, jax.devices()[:1])
     assert int(state.step) == 3 and "already complete" in caplog.text
-
 
 
 DISPATCH_AHEAD = r"""

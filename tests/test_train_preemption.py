@@ -11,7 +11,7 @@ import chex
 import jax
 import pytest
 
-from nfdm_jax.train import Checkpointer, loop
+from nfdm_jax.train import Checkpointer, experiment, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 300
@@ -28,7 +28,7 @@ def launch(workdir):
 
 
 def restore_params(workdir, step, config):
-    exp = loop.setup(config, jax.devices()[:1])
+    exp = experiment.setup(config, jax.devices()[:1])
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           exp.abstract_state, exp.state_shardings)
     ckpt = Checkpointer(workdir, 3)

@@ -1,10 +1,9 @@
 """Training, evaluation and sampling driven by a config: the outer loops around the steps.
 
-:func:`setup` does everything that can fail on a bad config or missing data (opening
-datasets, building the mesh and model, checking divisibility) before anything is
-compiled. :func:`train` then resumes from the latest checkpoint in the workdir, runs
-jitted steps without host synchronisation except every ``log_every`` steps (and at
-checkpoints), and stops cleanly on SIGTERM.
+Each loop builds its :class:`~nfdm_jax.train.experiment.Experiment` from a config the entry
+path has validated (:mod:`nfdm_jax.train.validation`). :func:`train` resumes from the latest
+checkpoint in the workdir, runs jitted steps without host synchronisation except every
+``log_every`` steps (and at checkpoints), and stops cleanly on SIGTERM.
 """
 from __future__ import annotations
 
@@ -18,75 +17,19 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
 from nfdm_jax import decoders, evaluation, ops, plotting
-from nfdm_jax.data import BatchIterator, DatasetSpec, eval_batches, make_datasets
+from nfdm_jax.data import BatchIterator, DatasetSpec, eval_batches
 from nfdm_jax.models import Model
-from nfdm_jax.train import generate, quality, sharding, step as steps
-from nfdm_jax.train import validation
+from nfdm_jax.train import generate, quality, step as steps
+from nfdm_jax.train.experiment import SAMPLE, TRAIN, EVAL, Experiment, create_state, setup
 from nfdm_jax.train.checkpointing import CheckpointError, Checkpointer, CorruptCheckpoint
 from nfdm_jax.train.progress import CompileTimer, Progress, info, summary
-from nfdm_jax.train.optimizer import learning_rate, make_optimizer
 from nfdm_jax.train.preemption import Preemption
 from nfdm_jax.train.state import TrainState
 from nfdm_jax.train.summaries import MetricWriter
-
-# Independent streams derived from config.seed.
-_INIT, _TRAIN, _EVAL, _SAMPLE = range(4)
-
-
-@dataclasses.dataclass
-class Experiment:
-    """Everything built from a config before compiling."""
-
-    config: ml_collections.ConfigDict
-    data: DatasetSpec
-    mesh: jax.sharding.Mesh
-    model: Model
-    optimizer: optax.GradientTransformation
-    schedule: optax.Schedule
-    abstract_state: Any          # TrainState of ShapeDtypeStructs
-    state_shardings: Any         # TrainState of NamedShardings
-    example: dict[str, np.ndarray]
-
-    def key(self, stream: int) -> jax.Array:
-        return jax.random.fold_in(jax.random.PRNGKey(self.config.seed), stream)
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.config.train.eval_batch_size or self.config.train.batch_size
-
-
-
-def setup(config: ml_collections.ConfigDict,
-          devices: Optional[Sequence[jax.Device]] = None,
-          data: Optional[DatasetSpec] = None) -> Experiment:
-    """Checks ``config`` (:func:`validation.check_config`) and builds the experiment, before
-    any compilation; raises ``ValueError`` / ``DatasetNotFoundError`` naming the problem.
-
-    ``data``: the datasets if already opened (by :func:`validation.validate_run`).
-    """
-    t = config.train
-    validation.check_config(config, devices)
-    mesh = sharding.make_mesh(config, devices)
-    data = data if data is not None else make_datasets(config.data, config.seed)
-    model = Model(config, data.shape)
-    schedule = learning_rate(config.optim, t.num_steps)
-    optimizer = make_optimizer(config.optim, t.num_steps)
-    example = {f: np.stack([s[0]["x"]]) for f, s in data.train.items()}
-    init = lambda key: steps.init_state(model, optimizer, key, example)  # noqa: E731
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    shardings = sharding.tree_shardings(mesh, abstract, config.mesh.shard_min_size)
-    return Experiment(config, data, mesh, model, optimizer, schedule, abstract, shardings, example)
-
-
-def create_state(exp: Experiment) -> TrainState:
-    """A fresh state, created directly in its sharded layout."""
-    init = lambda key: steps.init_state(exp.model, exp.optimizer, key, exp.example)  # noqa: E731
-    return jax.jit(init, out_shardings=exp.state_shardings)(exp.key(_INIT))
 
 
 def restore_or_create(exp: Experiment, ckpt: Checkpointer) -> tuple[TrainState, int]:
@@ -143,7 +86,7 @@ def evaluate(exp: Experiment, params: Any) -> evaluation.Evaluation:
     batches = eval_batches(exp.data.eval, exp.eval_batch_size, exp.mesh)
     total = math.ceil(len(next(iter(exp.data.eval.values()))) / exp.eval_batch_size)
     progress = Progress("eval", total, unit="batches")
-    return evaluation.evaluate(exp.model.per_example, params, batches, exp.key(_EVAL),
+    return evaluation.evaluate(exp.model.per_example, params, batches, exp.key(EVAL),
                                num_t_samples=exp.config.train.eval_t_samples,
                                progress=progress.update)
 
@@ -163,7 +106,7 @@ def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
         x1 = exp.model.condition({"x1": batch["x"]})
     draw = jax.jit(lambda p, k, c: generate.generate(exp.model, p, k, s.num, s.method, s.steps, c))
     info("sampling %d with %s, %d steps…", s.num, s.method, s.steps)
-    z = draw(params, exp.key(_SAMPLE), x1)
+    z = draw(params, exp.key(SAMPLE), x1)
     images = len(exp.model.shape) == 3
     out = multihost_utils.process_allgather(decoders.to_pixels(z) if images else z, tiled=True)
     path = os.path.join(workdir, "samples", f"{step}.npz")
@@ -179,8 +122,8 @@ def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """The resolved config as ``workdir/config.json`` (process 0), for the record and for
-    checking resumes (:func:`validation.check_stored_config`). Written to a temporary file
-    and renamed, so that it is never half-written."""
+    checking resumes (:func:`nfdm_jax.train.validation.check_stored_config`). Written to a
+    temporary file and renamed, so that it is never half-written."""
     if jax.process_index() == 0:
         path = os.path.join(workdir, "config.json")
         with open(path + ".tmp", "w") as f:
@@ -216,9 +159,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         return state
     batches = BatchIterator(exp.data.train, t.batch_size, exp.mesh, config.seed,
                             start_step=step, steps_per_dispatch=t.steps_per_dispatch)
-    train_step = steps.jit_train_step(
-        steps.make_train_step(exp.model, exp.optimizer, exp.schedule, exp.key(_TRAIN),
-                              config.optim.ema_decay), exp.mesh, exp.state_shardings)
+    train_step = steps.jit_train_step(exp.training.step(exp.key(TRAIN)), exp.mesh,
+                                      exp.state_shardings)
     writer = MetricWriter(workdir)
     preemption = Preemption(ckpt.manager.reached_preemption)
     dispatch = 0
@@ -318,7 +260,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str,
 
     def run(exp: Experiment, params: Any, step: int) -> dict[str, float]:
         result = honest_terms(exp.model, evaluate(exp, params))
-        sample_quality = quality.sample_quality(exp, params, workdir, exp.key(_SAMPLE))
+        sample_quality = quality.sample_quality(exp, params, workdir, exp.key(SAMPLE))
         metrics = result.means() | sample_quality
         MetricWriter(workdir).scalars(step, metrics, "eval")
         path = os.path.join(os.path.abspath(workdir), "eval", f"{step}.json")

@@ -21,9 +21,8 @@ import numpy as np
 from nfdm_jax import decoders
 from nfdm_jax.metrics import classifier_features as cf
 from nfdm_jax.train import generate
+from nfdm_jax.train.experiment import Experiment
 from nfdm_jax.train.progress import Progress, info
-
-Experiment = Any  # nfdm_jax.train.loop.Experiment (not imported: loop imports this module)
 
 
 def _arrays(source: Any, key: str) -> np.ndarray:
@@ -98,4 +97,3 @@ def sample_quality(exp: Experiment, params: Any, workdir: str, key: jax.Array
     if exp.config.data.name == "digits":
         return digits_frechet(exp, params, workdir, key)
     return inception_fid(exp, params, key)
-

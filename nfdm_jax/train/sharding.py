@@ -53,13 +53,3 @@ def batch_sharding(mesh: Mesh, leading_steps: bool) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
-
-
-def check_batch(mesh: Mesh, batch_size: int, what: str = "config.train.batch_size") -> None:
-    """Raise if the global batch cannot be split evenly over the data-parallel devices."""
-    data = mesh.shape["data"]
-    if batch_size % data or batch_size % jax.process_count():
-        raise ValueError(
-            f"{what}={batch_size} is not divisible by the {data} data-parallel devices "
-            f"({mesh.devices.size} devices / mesh.model={mesh.shape['model']}) and "
-            f"{jax.process_count()} processes")

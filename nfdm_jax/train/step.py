@@ -7,15 +7,17 @@ run is reproducible and resumable from any checkpoint, whatever the device count
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax.sharding import Mesh
 
 from nfdm_jax.models import Batch, Model
 from nfdm_jax.train import sharding
+from nfdm_jax.train.optimizer import learning_rate, make_optimizer
 from nfdm_jax.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -62,6 +64,32 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation,
         return state, jax.tree.map(jnp.mean, metrics)
 
     return train_step
+
+
+class Training(NamedTuple):
+    """The one training wiring of a config: its model, optimizer and learning-rate schedule,
+    with the fresh state and the pure train step built from them. The loop, the reports
+    (which ``jax.vmap`` it over seeds) and the benchmark all train through it."""
+
+    model: Model
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    ema: float
+
+    def init(self, key: jax.Array, example: Batch) -> TrainState:
+        """A fresh state for batches shaped like ``example``."""
+        return init_state(self.model, self.optimizer, key, example)
+
+    def step(self, base_key: jax.Array) -> TrainStep:
+        """The pure train step (:func:`make_train_step`) drawing from ``base_key``."""
+        return make_train_step(self.model, self.optimizer, self.schedule, base_key, self.ema)
+
+
+def training(config: ml_collections.ConfigDict, model: Model) -> Training:
+    """:class:`Training` from ``config.optim`` over ``config.train.num_steps`` steps."""
+    steps = config.train.num_steps
+    return Training(model, make_optimizer(config.optim, steps), learning_rate(config.optim, steps),
+                    config.optim.ema_decay)
 
 
 def jit_train_step(step: TrainStep, mesh: Mesh, state_shardings: Any) -> Callable:

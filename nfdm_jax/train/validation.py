@@ -2,12 +2,14 @@
 
 :func:`validate_run` (called once by ``experiments/run.py``) checks, in order: every config
 field (:func:`check_config`: steps, batch sizes against devices and processes, seeds,
-sampler, mesh, checkpoint fields, learning-rate schedule, and the model through
-:func:`nfdm_jax.models.validate`), the workdir (a writable directory; for eval and sample,
-one holding checkpoints), that a resumed workdir was trained with the same model and data
-fields (``config.json``), then opens the datasets (paths and image files) and checks the
-batch sizes against them. Each problem raises :class:`ConfigError` (a ``ValueError``) with
-one line naming the field or file and what is allowed. Nothing here writes to disk or
+sampler, mesh, checkpoint fields, learning-rate schedule, and the model, :func:`check_model`),
+the workdir (a writable directory; for eval and sample, one holding checkpoints), that a
+resumed workdir was trained with the same model and data fields (``config.json``), then
+opens the datasets (paths and image files) and checks the batch sizes and the model's
+per-channel fields against them. It is the one validator: the model and the training loop
+trust the config they are given, and each entry path (``experiments/run.py``, the reports,
+the benchmarks) calls it once. Each problem raises :class:`ConfigError` (a ``ValueError``)
+with one line naming the field or file and what is allowed. Nothing here writes to disk or
 compiles: a run that fails any check leaves its workdir untouched.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Optional, Sequence
 import jax
 import ml_collections
 
-from nfdm_jax import models, nets
+from nfdm_jax import decoders, models, nets
 from nfdm_jax.data import DatasetSpec, make_datasets
 from nfdm_jax.data.registry import DATASETS
 
@@ -70,8 +72,7 @@ def check_config(config: ml_collections.ConfigDict,
                  process_count: Optional[int] = None) -> None:
     """Every field of ``config`` on its own and against the devices and processes.
 
-    Pure: reads no file and compiles nothing. Raises :class:`ConfigError`, or the
-    ``ValueError`` of :func:`nfdm_jax.models.validate` for model fields.
+    Pure: reads no file and compiles nothing. Raises :class:`ConfigError`.
     """
     c = config
     _require(_is_int(c.seed) and 0 <= c.seed < MAX_SEED, "seed", c.seed,
@@ -80,7 +81,7 @@ def check_config(config: ml_collections.ConfigDict,
     _check_optim(c)
     _check_sample(c)
     _check_net_and_data(c)
-    models.validate(c)
+    check_model(c)
     _check_devices(c, len(devices) if devices is not None else jax.device_count(),
                    process_count if process_count is not None else jax.process_count())
 
@@ -123,7 +124,7 @@ def _check_sample(c: ml_collections.ConfigDict) -> None:
 
 
 def _check_net_and_data(c: ml_collections.ConfigDict) -> None:
-    # Generic network fields only (models.validate owns the model's rules); each is checked
+    # Generic network fields only (check_model owns the model's rules); each is checked
     # where the schema has it, so that networks may add or drop fields.
     n = c.net
     if "dtype" in n:
@@ -142,6 +143,50 @@ def _check_net_and_data(c: ml_collections.ConfigDict) -> None:
     _int_at_least(c, "data.eval_size", 1)
     _int_at_least(c, "mesh.model", 1)
     _int_at_least(c, "mesh.shard_min_size", 0)
+
+
+def check_model(config: ml_collections.ConfigDict) -> None:
+    """The model fields against each other; which volatilities and parameterizations a
+    model allows comes from :data:`nfdm_jax.models.MODELS`."""
+    m = config.model
+    if m.name not in models.MODELS:
+        raise ConfigError(f"config.model.name={m.name!r}; choose from {tuple(models.MODELS)}")
+    spec = models.MODELS[m.name]
+    if config.data.convention not in decoders.CONVENTIONS:
+        raise ConfigError(f"config.data.convention={config.data.convention!r}; "
+                          f"choose from {decoders.CONVENTIONS}")
+    if m.volatility not in spec.volatilities:
+        why = " (the NELBO divides by g²)" if m.volatility == "zero" else ""
+        raise ConfigError(f"config.model.volatility={m.volatility!r} is not allowed for "
+                          f"{m.name}{why}; choose from {spec.volatilities}")
+    if m.parameterization not in spec.parameterizations:
+        raise ConfigError(f"config.model.parameterization={m.parameterization!r} is not allowed "
+                          f"for {m.name}; choose from {spec.parameterizations}")
+    if m.volatility_base not in models.VOLATILITY_BASES:
+        raise ConfigError(f"config.model.volatility_base={m.volatility_base!r}; "
+                          f"choose from {tuple(models.VOLATILITY_BASES)}")
+    if spec.objective == "bridge" and "neural_matched" in (m.volatility, m.volatility_base):
+        raise ConfigError("neural_matched volatility is derived for the unpinned neural process; "
+                          "bridges (nfbm) need config.model.volatility_base='delta_matched'")
+    if m.parameterization == "edm" and (m.data_mean is None or m.data_std is None):
+        raise ConfigError("config.model.parameterization='edm' needs config.model.data_mean and "
+                          "data_std (per channel); measure them with "
+                          "nfdm_jax.data.channel_stats(config.data, config.seed)")
+    exponents = tuple(m.fourier_exponents)
+    if exponents and (m.parameterization not in ("edm", "eps")
+                      or not all(isinstance(n, int) for n in exponents)):
+        raise ConfigError(f"config.model.fourier_exponents={exponents} needs integer exponents "
+                          "and config.model.parameterization 'edm' or 'eps' (the predictors "
+                          f"that take input features), not {m.parameterization!r}")
+    if not 0.0 < m.delta < 1.0:
+        raise ConfigError(f"config.model.delta={m.delta} must lie in (0, 1)")
+    if m.forward_sigma not in (None, "learned", "base"):
+        raise ConfigError(f"config.model.forward_sigma={m.forward_sigma!r}; choose 'learned' "
+                          "(the forward network sets σ), 'base' (σ of the untrained process) "
+                          "or None (the model's default)")
+    if m.forward_sigma == "base" and not (spec.forward_net and spec.objective != "bridge"):
+        raise ConfigError("config.model.forward_sigma='base' holds the neural process's σ: "
+                          f"only nfdm and nfdm_ot have one, not model.name={m.name!r}")
 
 
 def _check_devices(c: ml_collections.ConfigDict, devices: int, processes: int) -> None:
@@ -229,7 +274,8 @@ def check_stored_config(config: ml_collections.ConfigDict, workdir: str) -> None
 
 
 def check_data(config: ml_collections.ConfigDict, data: DatasetSpec) -> None:
-    """Every training field holds at least one global batch; the test split is not empty."""
+    """Every training field holds at least one global batch; the test split is not empty;
+    the model's per-channel fields match the data's channels."""
     for field, source in data.train.items():
         _require(len(source) >= config.train.batch_size, "train.batch_size",
                  config.train.batch_size,
@@ -238,6 +284,25 @@ def check_data(config: ml_collections.ConfigDict, data: DatasetSpec) -> None:
         if len(source) == 0:
             raise ConfigError(f"the evaluation split of config.data.name={config.data.name!r} "
                               f"({field!r}) is empty")
+    check_model_shape(config, data.shape)
+
+
+def check_model_shape(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> None:
+    """The model fields that depend on the shape of one example (``[C]`` vectors or
+    ``[H, W, C]`` images): one ``data_mean`` / ``data_std`` value per channel (or one for
+    all), a positive std, and Fourier features only for images."""
+    m = config.model
+    if m.parameterization == "edm":
+        for name in ("data_mean", "data_std"):
+            size = len(tuple(m[name]))
+            if size not in (shape[-1], 1):
+                raise ConfigError(f"config.model.{name} has {size} values; the data have "
+                                  f"{shape[-1]} channels (give one per channel)")
+        if not all(v > 0 for v in m.data_std):
+            raise ConfigError(f"config.model.data_std={tuple(m.data_std)} must be positive")
+    if len(shape) == 1 and m.fourier_exponents:
+        raise ConfigError("config.model.fourier_exponents is for images (grey levels on a "
+                          "lattice); leave it () for vector data")
 
 
 def validate_run(config: ml_collections.ConfigDict, workdir: str, mode: str,

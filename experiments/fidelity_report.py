@@ -378,7 +378,7 @@ def conditioning_stats(model: Model, params: Params, x: jax.Array, ts: np.ndarra
     process and of its ``edm`` base (the untrained process), and the std over x and one ε of
     the predictor network's input c_in (z − E z) and regression target (x − x̂_linear) / c_out,
     with z from the model's own process and the base's scalings (:func:`drifts.edm_scalings`)."""
-    fwd, base = model.forward_fn(params), model.spec.base_process(model, params, None)
+    fwd, base = model.forward_fn(params), model.base_fn(params)
     eps = jax.random.normal(key, x.shape)
     # The edm predictor with its network at 0 is the linear posterior mean.
     linear_mean = drifts.edm_preconditioned(lambda h, t: jnp.zeros_like(x), base,

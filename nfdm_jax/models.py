@@ -10,27 +10,14 @@ parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts
   :meth:`drift_fn`) returning the plain callables that samplers and likelihoods take.
 
 Models (``config.model.name``) are the entries of :data:`MODELS`, one :class:`ModelSpec`
-each: its forward process, objective, decoder width, and the volatilities and predictor
-parameterizations it allows (:func:`nfdm_jax.train.validation.check_model` derives its rules
-from the table). Adding a
-model is one entry plus its test.
-
-============== =============================== =================================
-name           forward process                 objective
-============== =============================== =================================
-nfdm           neural (SPEC §1.1)              NELBO
-nfdm_frozen    neural, network held at 0       NELBO (control: nothing learned in q)
-nfdm_ot        neural, g ≡ 0                   NFDM-OT (matching + curvature)
-nfbm           neural bridge (SPEC §1.5)       L_diff + L_rec (+ obstacle)
-vdm            VP, linear or cosine γ          NELBO (VDM's continuous loss)
-vdm_learned    VP, learned monotone γ          NELBO
-flow_matching  straight path                   NELBO
-============== =============================== =================================
+each: its forward process (built from :class:`Pieces`), its objective (a function of
+:class:`LossInputs`), its decoder width, and the volatilities and predictor parameterizations
+it allows (:func:`nfdm_jax.train.validation.check_model` derives its rules from the table).
+Adding a model is one entry plus its test.
 
 ``config.model.forward_sigma`` says what the neural process's network sets: ``'base'`` only
-μ, with σ the untrained process's (nfdm's default), ``'learned'`` μ and σ (the paper's;
-nfdm_ot's default; the bridge's only choice). Trained on the NELBO, a learned σ inflates
-5–10× and costs test likelihood on the digits (issue #9).
+μ, with σ the untrained process's (nfdm's default: a learned σ inflates 5–10× on the NELBO,
+issue #9), ``'learned'`` μ and σ (the paper's; nfdm_ot's default; the bridge's only choice).
 
 Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
 the default of the neural models, scaled by the untrained process; needs
@@ -44,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -56,6 +43,8 @@ from nfdm_jax import decoders, drifts, forward, losses, nets, schedules, volatil
 Array = jax.Array
 Params = dict[str, Any]
 Batch = dict[str, Array]
+# The bound forward network: (x, t, cond) -> (m̄, l̄), each [B, *D].
+ForwardNet = Callable[[Array, Array, Optional[Array]], tuple[Array, Array]]
 
 VOLATILITY_BASES = {"neural_matched": volatility.neural_matched,
                     "delta_matched": volatility.delta_matched}
@@ -63,88 +52,140 @@ _NETWORK_IDS = {"forward": 0, "predictor": 1}
 _ALL_G = ("learned", "neural_matched", "delta_matched")
 
 
+class Pieces(NamedTuple):
+    """What a forward-process factory of :data:`MODELS` builds from."""
+
+    delta: float                            # σ at t = 0 of the neural and straight processes
+    gamma: Optional[schedules.Schedule]     # the VP models' log-SNR schedule γ(t)
+    net: Optional[ForwardNet]               # the bound forward network (None: untrained)
+    x1: Optional[Array]                     # a bridge's source sample ``[B, *D]``
+    sigma: str                              # what ``net`` sets: "learned" (μ, σ) | "base" (μ)
+
+
+class LossInputs(NamedTuple):
+    """What an objective of :data:`MODELS` evaluates: the model's callables and one draw."""
+
+    forward: forward.ForwardFn
+    predictor: drifts.Predictor
+    volatility: volatility.Volatility
+    decoder_nll: decoders.DecoderNLL
+    x: Array                                # data in the model's convention ``[B, *D]``
+    x1: Optional[Array]                     # a bridge's source ``[B, *D]``
+    t: Array                                # ``[B]``
+    eps: Array                              # ``[B, *D]``
+
+
+ForwardFactory = Callable[[Pieces], forward.ForwardFn]
+# objective(config.model, inputs) -> a NamedTuple of per-example terms [B] with .total.
+Objective = Callable[[ml_collections.ConfigDict, LossInputs], Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """One model of :data:`MODELS`.
 
     Attributes:
-      forward: ``forward(model, params, x1, net) -> ForwardFn``; ``net(x, t, cond)`` is the
-        bound forward network (None when ``forward_net`` is False).
-      objective: ``"nelbo"``, ``"ot"`` (NFDM-OT) or ``"bridge"`` (NFBM).
+      forward: the forward process from its :class:`Pieces`.
+      objective: the per-example loss terms from :class:`LossInputs`.
       volatilities: the allowed ``config.model.volatility`` values.
       parameterizations: the allowed ``config.model.parameterization`` values.
-      forward_net: whether the model has (and trains) a forward network.
       base: the untrained forward process, for the ``edm`` scalings (None: ``forward``).
+      forward_net: whether the model has (and trains) a forward network.
       vp: a VP process with a log-SNR schedule; its decoder width is that schedule's
         σ_0 / α_0 on z_0 / α_0 (VDM), not δ.
       sigma: what the forward network sets unless ``config.model.forward_sigma`` says:
         ``"learned"`` (μ and σ) or ``"base"`` (μ only; σ stays the untrained process's).
+      bridge: a bridge between the data and a source sample ``"x1"`` it is conditioned on.
     """
 
-    forward: Callable[["Model", "Params", Optional[Array], Any], forward.ForwardFn]
-    objective: str
+    forward: ForwardFactory
+    objective: Objective
     volatilities: tuple[str, ...]
     parameterizations: tuple[str, ...]
-    base: Optional[Callable[["Model", "Params", Optional[Array], Any], forward.ForwardFn]] = None
+    base: Optional[ForwardFactory] = None
     forward_net: bool = False
     vp: bool = False
     sigma: str = "learned"
+    bridge: bool = False
 
-    def base_process(self, model: "Model", params: "Params",
-                     x1: Optional[Array]) -> forward.ForwardFn:
+    def base_process(self, pieces: Pieces) -> forward.ForwardFn:
         """The linear process that sets the ``edm`` scalings: ``base`` if given (the
         untrained process of a learned one), else the model's own (fixed) process."""
-        return (self.base or self.forward)(model, params, x1, None)
+        return (self.base or self.forward)(pieces._replace(net=None))
 
 
-def _neural(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
-    if model.forward_sigma == "base":
+def _neural(p: Pieces) -> forward.ForwardFn:
+    if p.sigma == "base":
         # Only the mean is learned; log σ stays the untrained (1 − t) log δ.
         def mean_only(x: Array, t: Array) -> tuple[Array, Array]:
-            m_bar = net(x, t, None)[0]
+            m_bar = p.net(x, t, None)[0]
             return m_bar, jnp.zeros_like(m_bar)
 
-        return forward.neural_forward(mean_only, model.m.delta)
-    return forward.neural_forward(lambda x, t: net(x, t, None), model.m.delta)
+        return forward.neural_forward(mean_only, p.delta)
+    return forward.neural_forward(lambda x, t: p.net(x, t, None), p.delta)
 
 
-def _frozen(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
+def _frozen(p: Pieces) -> forward.ForwardFn:
     # The untrained process exactly: μ = (1 − t) x, log σ = (1 − t) log δ.
     zero = lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x))  # noqa: E731
-    return forward.neural_forward(zero, model.m.delta)
+    return forward.neural_forward(zero, p.delta)
 
 
-def _bridge(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
-    bridge = forward.bridge_forward(lambda x0, c, t: net(x0, t, c), model.m.delta)
-    return forward.with_pinned_ends(lambda x, t: bridge(x, x1, t), forward.pinned_ends(bridge))
+def _bridge(p: Pieces) -> forward.ForwardFn:
+    net = p.net or (lambda x0, t, c: (jnp.zeros_like(x0), jnp.zeros_like(x0)))  # untrained
+    bridge = forward.bridge_forward(lambda x0, c, t: net(x0, t, c), p.delta)
+    return forward.with_pinned_ends(lambda x, t: bridge(x, p.x1, t), forward.pinned_ends(bridge))
 
 
-def _zero_bridge(model: "Model", params: "Params", x1: Optional[Array],
-                 net: Any) -> forward.ForwardFn:
-    return _bridge(model, params, x1, lambda x0, t, c: (jnp.zeros_like(x0), jnp.zeros_like(x0)))
+def _vp(p: Pieces) -> forward.ForwardFn:
+    return forward.vp_forward(p.gamma)
 
 
-def _vp(model: "Model", params: "Params", x1: Optional[Array], net: Any) -> forward.ForwardFn:
-    return forward.vp_forward(model.gamma_fn(params))
+def _straight(p: Pieces) -> forward.ForwardFn:
+    return forward.straight_forward(p.delta)
 
 
-def _straight(model: "Model", params: "Params", x1: Optional[Array],
-              net: Any) -> forward.ForwardFn:
-    return forward.straight_forward(model.m.delta)
+def _nelbo(m: ml_collections.ConfigDict, i: LossInputs) -> losses.NELBOTerms:
+    return losses.nelbo_terms(i.forward, i.predictor, i.volatility, i.x, i.t, i.eps,
+                              decoder_nll=i.decoder_nll)
+
+
+def _nfdm_ot(m: ml_collections.ConfigDict, i: LossInputs) -> losses.OTTerms:
+    return losses.nfdm_ot_loss(i.forward, i.predictor, i.x, i.t, i.eps, m.curvature_weight)
+
+
+def _nfbm(m: ml_collections.ConfigDict, i: LossInputs) -> losses.BridgeTerms:
+    obstacle = None
+    if m.obstacle_weight > 0:
+        obstacle = losses.disc_obstacle(jnp.asarray(m.obstacle_centre, jnp.float32),
+                                        m.obstacle_radius)
+    # The bridge's callables close over x1 already; nfbm_loss passes it explicitly.
+    fwd, pred = i.forward, i.predictor
+    return losses.nfbm_loss(forward.with_pinned_ends(lambda x0, _, tt: fwd(x0, tt),
+                                                     forward.pinned_ends(fwd)),
+                            lambda z, tt, _: pred(z, tt), i.volatility, i.x, i.x1, i.t, i.eps,
+                            decoder_nll=i.decoder_nll, obstacle=obstacle,
+                            obstacle_weight=m.obstacle_weight)
 
 
 _PRED = ("edm", "preconditioned")
 MODELS: dict[str, ModelSpec] = {
-    # σ held by default: learned on the NELBO it inflates 5–10× and costs likelihood (#9).
-    "nfdm": ModelSpec(_neural, "nelbo", _ALL_G, _PRED, base=_frozen, forward_net=True,
+    # The neural process (SPEC §1.1) on the NELBO. σ held by default: learned on the NELBO
+    # it inflates 5–10× and costs likelihood (issue #9).
+    "nfdm": ModelSpec(_neural, _nelbo, _ALL_G, _PRED, base=_frozen, forward_net=True,
                       sigma="base"),
-    "nfdm_frozen": ModelSpec(_frozen, "nelbo", _ALL_G, _PRED),
-    "nfdm_ot": ModelSpec(_neural, "ot", ("zero",), _PRED, base=_frozen, forward_net=True),
-    "nfbm": ModelSpec(_bridge, "bridge", ("learned", "delta_matched"), _PRED,
-                      base=_zero_bridge, forward_net=True),
-    "vdm": ModelSpec(_vp, "nelbo", ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
-    "vdm_learned": ModelSpec(_vp, "nelbo", ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
-    "flow_matching": ModelSpec(_straight, "nelbo", _ALL_G, _PRED),
+    # The control: the same process with its network held at 0 (nothing learned in q).
+    "nfdm_frozen": ModelSpec(_frozen, _nelbo, _ALL_G, _PRED),
+    # g ≡ 0: velocity matching + λ curvature (SPEC §1.4).
+    "nfdm_ot": ModelSpec(_neural, _nfdm_ot, ("zero",), _PRED, base=_frozen, forward_net=True),
+    # The neural bridge (SPEC §1.5): L_diff + L_rec (+ obstacle).
+    "nfbm": ModelSpec(_bridge, _nfbm, ("learned", "delta_matched"), _PRED, forward_net=True,
+                      bridge=True),
+    # VP with a linear γ: VDM's continuous loss; vdm_learned learns a monotone γ.
+    "vdm": ModelSpec(_vp, _nelbo, ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
+    "vdm_learned": ModelSpec(_vp, _nelbo, ("vp_matching",) + _ALL_G, _PRED + ("eps",), vp=True),
+    # The straight path μ = (1 − t) x, σ = t + (1 − t) δ (flow matching).
+    "flow_matching": ModelSpec(_straight, _nelbo, _ALL_G, _PRED),
 }
 
 
@@ -171,7 +212,7 @@ class Model:
         self.name = self.m.name
         self.spec = MODELS[self.name]
         self.forward_sigma = resolve_forward_sigma(self.name, self.m.forward_sigma)
-        self.bridge = self.spec.objective == "bridge"
+        self.bridge = self.spec.bridge
         self.convention = config.data.convention
         self.log_jacobian = decoders.log_jacobian_per_dim(self.convention)
         self.predictor_net, self.forward_net = _make_networks(config, self.shape, self.bridge)
@@ -179,8 +220,6 @@ class Model:
         if self.m.parameterization == "edm":
             self.data_mean, self.data_std = (jnp.asarray(tuple(v), jnp.float32)
                                              for v in (self.m.data_mean, self.m.data_std))
-
-    # ---------------------------------------------------------------- parameters
 
     def init(self, key: Array, batch: Batch) -> Params:
         """Parameters ``{"forward", "predictor", "volatility", "gamma"}`` for ``batch``'s
@@ -201,8 +240,6 @@ class Model:
             params["gamma"] = schedules.init_monotone_gamma(kg, self.m.gamma_min, self.m.gamma_max)
         return params
 
-    # ---------------------------------------------------------------- data
-
     def preprocess(self, x: Array, key: Array) -> Array:
         """Data in the likelihood convention: bin centres, dequantized, or as given (float32)."""
         if self.convention == "discrete":
@@ -218,8 +255,6 @@ class Model:
             return None
         x1 = batch["x1"]
         return x1.astype(jnp.float32) if self.convention == "continuous" else decoders.centred(x1)
-
-    # ---------------------------------------------------------------- callables
 
     def _rngs(self, train: bool, dropout_key: Optional[Array], name: str) -> dict[str, Array]:
         # Each network gets its own dropout stream; none is needed in evaluation.
@@ -237,14 +272,23 @@ class Model:
                    dropout_key: Optional[Array] = None) -> forward.ForwardFn:
         """``forward(x, t) -> (mu, log_sigma)``; for bridges closed over the source ``x1``."""
         if not self.spec.forward_net:
-            return self.spec.forward(self, params, x1, None)
+            return self.spec.forward(self._pieces(params, x1))
         rngs = self._rngs(train, dropout_key, "forward")
 
         def net(x: Array, t: Array, cond: Optional[Array] = None) -> tuple[Array, Array]:
             return self.forward_net.apply({"params": params["forward"]}, x, t, cond,
                                           train=train, rngs=rngs)
 
-        return self.spec.forward(self, params, x1, net)
+        return self.spec.forward(self._pieces(params, x1, net))
+
+    def base_fn(self, params: Params, x1: Optional[Array] = None) -> forward.ForwardFn:
+        """The linear process that sets the ``edm`` scalings (:meth:`ModelSpec.base_process`)."""
+        return self.spec.base_process(self._pieces(params, x1))
+
+    def _pieces(self, params: Params, x1: Optional[Array],
+                net: Optional[ForwardNet] = None) -> Pieces:
+        return Pieces(self.m.delta, self.gamma_fn(params) if self.spec.vp else None, net, x1,
+                      self.forward_sigma)
 
     def predictor_fn(self, params: Params, x1: Optional[Array] = None, *, train: bool = False,
                      dropout_key: Optional[Array] = None) -> drifts.Predictor:
@@ -257,9 +301,8 @@ class Model:
 
         kind = self.m.parameterization
         if kind == "edm":
-            base = self.spec.base_process(self, params, x1)
-            return drifts.edm_preconditioned(net, base, self.data_mean, self.data_std,
-                                             tuple(self.m.fourier_exponents))
+            return drifts.edm_preconditioned(net, self.base_fn(params, x1), self.data_mean,
+                                             self.data_std, tuple(self.m.fourier_exponents))
         if kind == "preconditioned":
             return drifts.preconditioned(net, self.m.delta)
         return drifts.eps_predictor(net, self.gamma_fn(params), tuple(self.m.fourier_exponents))
@@ -298,8 +341,6 @@ class Model:
         return drifts.generative_drift(self.forward_fn(params, x1), self.predictor_fn(params, x1),
                                        volatility.zero())
 
-    # ---------------------------------------------------------------- objective
-
     def per_example(self, params: Params, batch: Batch, key: Array, train: bool = False,
                     dropout_key: Optional[Array] = None) -> dict[str, Array]:
         """Per-example objective terms, each ``[B]``: the loss terms, ``"total"`` and ``"bpd"``,
@@ -316,23 +357,8 @@ class Model:
         pred = self.predictor_fn(params, x1, train=train, dropout_key=dropout_key)
         vol = self.volatility_fn(params)
         t, eps = losses.sample_t_eps(kt, x)
-        objective = self.spec.objective
-        if objective == "ot":
-            terms = losses.nfdm_ot_loss(fwd, pred, x, t, eps, self.m.curvature_weight)
-        elif self.bridge:
-            obstacle = None
-            if self.m.obstacle_weight > 0:
-                obstacle = losses.disc_obstacle(jnp.asarray(self.m.obstacle_centre, jnp.float32),
-                                                self.m.obstacle_radius)
-            # The bridge closes over x1 itself, so pass the plain forward/predictor through.
-            terms = losses.nfbm_loss(forward.with_pinned_ends(lambda x0, _, tt: fwd(x0, tt),
-                                                              forward.pinned_ends(fwd)),
-                                     lambda z, tt, _: pred(z, tt),
-                                     vol, x, x1, t, eps, decoder_nll=self.decoder_fn(params),
-                                     obstacle=obstacle, obstacle_weight=self.m.obstacle_weight)
-        else:
-            terms = losses.nelbo_terms(fwd, pred, vol, x, t, eps,
-                                       decoder_nll=self.decoder_fn(params))
+        terms = self.spec.objective(self.m, LossInputs(fwd, pred, vol, self.decoder_fn(params),
+                                                       x, x1, t, eps))
         out = terms._asdict()
         out["total"] = terms.total
         out["bpd"] = losses.bits_per_dim(terms.total, self.dim, self.log_jacobian)
@@ -363,8 +389,7 @@ def _make_networks(config: ml_collections.ConfigDict, shape: tuple[int, ...],
     if len(shape) == 1:
         predictor, fwd = nets.make_2d_networks(n.hidden, n.depth)
         # Zero output is the intended start of an ε-network only (see PredictorMLP2D).
-        predictor = predictor.clone(
-            zero_init_output=config.model.parameterization == "eps")
+        predictor = predictor.clone(zero_init_output=config.model.parameterization == "eps")
     else:
         preset = dataclasses.replace(nets.get_preset(n.preset), image_shape=tuple(shape),
                                      cond_channels=shape[-1] if bridge else 0)

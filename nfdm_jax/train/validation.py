@@ -165,7 +165,7 @@ def check_model(config: ml_collections.ConfigDict) -> None:
     if m.volatility_base not in models.VOLATILITY_BASES:
         raise ConfigError(f"config.model.volatility_base={m.volatility_base!r}; "
                           f"choose from {tuple(models.VOLATILITY_BASES)}")
-    if spec.objective == "bridge" and "neural_matched" in (m.volatility, m.volatility_base):
+    if spec.bridge and "neural_matched" in (m.volatility, m.volatility_base):
         raise ConfigError("neural_matched volatility is derived for the unpinned neural process; "
                           "bridges (nfbm) need config.model.volatility_base='delta_matched'")
     if m.parameterization == "edm" and (m.data_mean is None or m.data_std is None):
@@ -184,7 +184,7 @@ def check_model(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.forward_sigma={m.forward_sigma!r}; choose 'learned' "
                           "(the forward network sets σ), 'base' (σ of the untrained process) "
                           "or None (the model's default)")
-    if m.forward_sigma == "base" and not (spec.forward_net and spec.objective != "bridge"):
+    if m.forward_sigma == "base" and not (spec.forward_net and not spec.bridge):
         raise ConfigError("config.model.forward_sigma='base' holds the neural process's σ: "
                           f"only nfdm and nfdm_ot have one, not model.name={m.name!r}")
 

@@ -24,8 +24,10 @@ def base_config() -> ConfigDict:
     c.model = m = ConfigDict()
     m.name = "nfdm"                # a key of nfdm_jax.models.MODELS
     m.delta = 1e-3                 # σ at t = 0; see the image configs for why not 0.01
-    m.volatility = "learned"       # learned | vp_matching | neural_matched | delta_matched | zero
-    m.volatility_base = "neural_matched"  # start of a learned g²: neural_matched | delta_matched
+    m.volatility = "learned"       # learned | vp_matching | *_matched (as volatility_base)
+    # Start of a learned g²: neural_matched (nfdm's process) | straight_matched (nfdm_ot's) |
+    # delta_matched (bridges).
+    m.volatility_base = "neural_matched"
     # Predictor: edm (EDM scalings from the untrained process and the data's statistics) |
     # preconditioned (the paper's) | eps (VP models). See nfdm_jax.models.
     m.parameterization = "edm"
@@ -42,7 +44,7 @@ def base_config() -> ConfigDict:
     m.fourier_exponents = ()
     m.gamma_min = -13.3            # VP models' linear log-SNR schedule (vdm_learned learns its own)
     m.gamma_max = 5.0
-    m.curvature_weight = 0.0       # NFDM-OT λ
+    m.curvature_weight = 0.0       # NFDM-OT λ: the NELBO + λ E‖d²z/dt²‖² of the ODE
     m.obstacle_weight = 0.0        # NFBM obstacle λ_obs
     m.obstacle_centre = (0.0, 0.0)
     m.obstacle_radius = 1.0
@@ -95,7 +97,8 @@ def base_config() -> ConfigDict:
     c.sample = ConfigDict()
     c.sample.every = 0             # training steps between sample grids; 0 = never
     c.sample.num = 64
-    c.sample.method = "sde"        # sde (Euler–Maruyama) | ode (Heun; NFDM-OT)
+    c.sample.method = "sde"        # sde (Euler–Maruyama) | euler | heun (probability-flow ODE)
+    c.sample.rho = 1.0             # time grid t_i = (1 − i/N)^ρ: 1 uniform, > 1 denser near data
     c.sample.steps = 256           # SDE steps, or ODE function evaluations
     # --mode=eval sample quality: Fréchet distance (digits: classifier features; images: FID,
     # given the Inception weights file) of eval_num samples at each NFE in eval_nfe.
@@ -169,9 +172,11 @@ def model_variants() -> dict[str, Variant]:
         c.model.forward_sigma = "learned"
 
     def ot(c: ConfigDict) -> None:
-        c.model.name, c.model.volatility = "nfdm_ot", "zero"
-        c.model.curvature_weight = 0.1
-        c.sample.method, c.sample.steps = "ode", 12
+        # NFDM-OT: the NELBO + λ × the curvature of its ODE, on the straight base path, its
+        # g starting at the one that path forgets x under; sampled by Euler at few NFE.
+        c.model.name, c.model.volatility = "nfdm_ot", "learned"
+        c.model.volatility_base, c.model.curvature_weight = "straight_matched", 0.1
+        c.sample.method, c.sample.steps = "euler", 4
 
     return {"vdm": vdm, "vdm_learned": vdm_learned, "flow_matching": flow_matching,
             "frozen": frozen, "learned_sigma": learned_sigma, "ot": ot}

@@ -10,6 +10,7 @@ from nfdm_jax.drifts import generative_drift, preconditioned
 from nfdm_jax.forward import (Marginal, bridge_forward, marginal_and_velocity, neural_forward,
                               straight_forward, vp_forward)
 from nfdm_jax.losses import (BridgeTerms, NELBOTerms, OTTerms, bits_per_dim, nelbo,
-                             nelbo_terms, nfbm_loss, nfdm_ot_loss, stratified_times)
+                             nelbo_terms, nfbm_loss, nfdm_ot_terms, ode_acceleration,
+                             stratified_times)
 
 __version__ = "0.1.0"

@@ -93,15 +93,20 @@ def marginal_and_velocity(forward: ForwardFn, x: Array, t: Array) -> Marginal:
     return Marginal(mu, log_sigma, dmu, dlog_sigma)
 
 
-def neural_forward(net: ForwardNet, delta: float = DEFAULT_DELTA) -> ForwardFn:
+def neural_forward(net: ForwardNet, delta: float = DEFAULT_DELTA,
+                   straight: bool = False) -> ForwardFn:
     """The paper's Gaussian forward process with boundary conditions built in.
 
-    μ = (1 − t) x + t (1 − t) m̄(x, t) and log σ = (1 − t) log δ + t (1 − t) l̄(x, t),
-    so q(z_0 | x) = N(x, δ² I) and q(z_1 | x) = N(0, I) for any network.
+    μ = (1 − t) x + t (1 − t) m̄(x, t) and log σ = log s(t) + t (1 − t) l̄(x, t), so
+    q(z_0 | x) = N(x, δ² I) and q(z_1 | x) = N(0, I) for any network. The untrained noise
+    s(t) is the paper's δ^(1 − t), or with ``straight`` the straight path's t + (1 − t) δ
+    (:func:`straight_forward`), whose untrained generative ODE is flow matching's: the
+    exponential δ^(1 − t) alone makes every ODE path accelerate by (log δ)² z (NFDM-OT).
 
     Args:
       net: ``net(x, t) -> (m_bar, l_bar)``, each ``[B, *D]``.
       delta: the noise scale at t = 0.
+      straight: the straight path's s(t) instead of δ^(1 − t).
     """
     log_delta = math.log(delta)
 
@@ -109,7 +114,8 @@ def neural_forward(net: ForwardNet, delta: float = DEFAULT_DELTA) -> ForwardFn:
         m_bar, l_bar = net(x, t)
         tb = bcast_time(t, x)
         bump = tb * (1.0 - tb)
-        return (1.0 - tb) * x + bump * m_bar, (1.0 - tb) * log_delta + bump * l_bar
+        log_s = jnp.log(tb + (1.0 - tb) * delta) if straight else (1.0 - tb) * log_delta
+        return (1.0 - tb) * x + bump * m_bar, log_s + bump * l_bar
 
     return with_pinned_ends(forward, PinnedEnds(log_delta, standard_at_one=True))
 

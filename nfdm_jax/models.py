@@ -18,6 +18,8 @@ Adding a model is one entry plus its test.
 ``config.model.forward_sigma`` says what the neural process's network sets: ``'base'`` only
 μ, with σ the untrained process's (nfdm's default: a learned σ inflates 5–10× on the NELBO,
 issue #9), ``'learned'`` μ and σ (the paper's; nfdm_ot's default; the bridge's only choice).
+NFDM-OT's untrained process is the straight path σ = t + (1 − t) δ (``forward.neural_forward``
+with ``straight``), NFDM's the paper's δ^(1 − t).
 
 Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
 the default of the neural models, scaled by the untrained process; needs
@@ -47,9 +49,10 @@ Batch = dict[str, Array]
 ForwardNet = Callable[[Array, Array, Optional[Array]], tuple[Array, Array]]
 
 VOLATILITY_BASES = {"neural_matched": volatility.neural_matched,
+                    "straight_matched": volatility.straight_matched,
                     "delta_matched": volatility.delta_matched}
 _NETWORK_IDS = {"forward": 0, "predictor": 1}
-_ALL_G = ("learned", "neural_matched", "delta_matched")
+_ALL_G = ("learned", "neural_matched", "straight_matched", "delta_matched")
 
 
 class Pieces(NamedTuple):
@@ -76,7 +79,8 @@ class LossInputs(NamedTuple):
 
 
 ForwardFactory = Callable[[Pieces], forward.ForwardFn]
-# objective(config.model, inputs) -> a NamedTuple of per-example terms [B] with .total.
+# objective(config.model, inputs) -> a NamedTuple of per-example terms [B] with .total (the
+# training objective) and .bound (the likelihood bound in nats).
 Objective = Callable[[ml_collections.ConfigDict, LossInputs], Any]
 
 
@@ -114,15 +118,25 @@ class ModelSpec:
         return (self.base or self.forward)(pieces._replace(net=None))
 
 
-def _neural(p: Pieces) -> forward.ForwardFn:
+def _neural_process(p: Pieces, straight: bool) -> forward.ForwardFn:
     if p.sigma == "base":
-        # Only the mean is learned; log σ stays the untrained (1 − t) log δ.
+        # Only the mean is learned; log σ stays the untrained process's.
         def mean_only(x: Array, t: Array) -> tuple[Array, Array]:
             m_bar = p.net(x, t, None)[0]
             return m_bar, jnp.zeros_like(m_bar)
 
-        return forward.neural_forward(mean_only, p.delta)
-    return forward.neural_forward(lambda x, t: p.net(x, t, None), p.delta)
+        return forward.neural_forward(mean_only, p.delta, straight)
+    return forward.neural_forward(lambda x, t: p.net(x, t, None), p.delta, straight)
+
+
+def _neural(p: Pieces) -> forward.ForwardFn:
+    return _neural_process(p, straight=False)
+
+
+def _neural_straight(p: Pieces) -> forward.ForwardFn:
+    # NFDM-OT: untrained, the straight path (flow matching's ODE); δ^(1 − t) would make every
+    # ODE path accelerate by (log δ)² z, which the penalty cannot remove (issue 21).
+    return _neural_process(p, straight=True)
 
 
 def _frozen(p: Pieces) -> forward.ForwardFn:
@@ -151,7 +165,8 @@ def _nelbo(m: ml_collections.ConfigDict, i: LossInputs) -> losses.NELBOTerms:
 
 
 def _nfdm_ot(m: ml_collections.ConfigDict, i: LossInputs) -> losses.OTTerms:
-    return losses.nfdm_ot_loss(i.forward, i.predictor, i.x, i.t, i.eps, m.curvature_weight)
+    return losses.nfdm_ot_terms(i.forward, i.predictor, i.volatility, i.x, i.t, i.eps,
+                                decoder_nll=i.decoder_nll, curvature_weight=m.curvature_weight)
 
 
 def _nfbm(m: ml_collections.ConfigDict, i: LossInputs) -> losses.BridgeTerms:
@@ -176,8 +191,9 @@ MODELS: dict[str, ModelSpec] = {
                       sigma="base"),
     # The control: the same process with its network held at 0 (nothing learned in q).
     "nfdm_frozen": ModelSpec(_frozen, _nelbo, _ALL_G, _PRED),
-    # g ≡ 0: velocity matching + λ curvature (SPEC §1.4).
-    "nfdm_ot": ModelSpec(_neural, _nfdm_ot, ("zero",), _PRED, base=_frozen, forward_net=True),
+    # NFDM-OT (SPEC §1.4): the NELBO + λ · the ODE's curvature, on the straight base path.
+    "nfdm_ot": ModelSpec(_neural_straight, _nfdm_ot, _ALL_G, _PRED, base=_straight,
+                         forward_net=True),
     # The neural bridge (SPEC §1.5): L_diff + L_rec (+ obstacle).
     "nfbm": ModelSpec(_bridge, _nfbm, ("learned", "delta_matched"), _PRED, forward_net=True,
                       bridge=True),
@@ -346,9 +362,9 @@ class Model:
         """Per-example objective terms, each ``[B]``: the loss terms, ``"total"`` and ``"bpd"``,
         with t stratified over the batch.
 
-        ``"total"`` is in nats for likelihood models (``"bpd"`` is then a bound on the
-        data's bits per dimension, Jacobian of the convention included) and in squared
-        velocity units for NFDM-OT (``"bpd"`` is then just ``total / (D ln 2)``).
+        ``"total"`` is the training objective; ``"bpd"`` is the bound's bits per dimension
+        (``terms.bound``, Jacobian of the convention included), which leaves out penalties
+        (NFDM-OT's curvature, NFBM's obstacle).
         """
         kdata, kt = jax.random.split(key)
         x = self.preprocess(batch["x"], kdata)
@@ -361,7 +377,7 @@ class Model:
                                                        x, x1, t, eps))
         out = terms._asdict()
         out["total"] = terms.total
-        out["bpd"] = losses.bits_per_dim(terms.total, self.dim, self.log_jacobian)
+        out["bpd"] = losses.bits_per_dim(terms.bound, self.dim, self.log_jacobian)
         return out
 
     def loss(self, params: Params, batch: Batch, key: Array, train: bool = False,

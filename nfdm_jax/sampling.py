@@ -1,7 +1,8 @@
 """Samplers of the generative process as pure, jittable functions (SPEC §1.2).
 
 Time runs from ``t_start = 1`` (noise, z_1 ~ N(0, I)) down to ``t_end`` (default 0,
-the data end) on a uniform grid of ``num_steps`` intervals. Every sampler takes the
+the data end) on a grid of ``num_steps`` intervals, uniform or denser towards the data
+(:func:`time_grid`'s ``rho``). Every sampler takes the
 model as callables and arrays only, so it works with any network library:
 
 * ``drift(z, t) -> dz/dt`` with ``z`` ``[B, *D]`` and ``t`` ``[B]`` — for the SDE,
@@ -64,11 +65,18 @@ def sample_prior(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.floa
 
 
 def time_grid(num_steps: int, t_start: float = 1.0, t_end: float = 0.0,
-              dtype: jnp.dtype = jnp.float32) -> Array:
-    """Uniform grid from ``t_start`` to ``t_end``, shape ``[num_steps + 1]``."""
+              dtype: jnp.dtype = jnp.float32, rho: float = 1.0) -> Array:
+    """Grid t_i = t_end + (t_start − t_end)(1 − i / N)^ρ, shape ``[num_steps + 1]``.
+
+    ρ = 1 is uniform; ρ > 1 puts the steps closer together towards ``t_end`` (the data
+    end, where the drift of a diffusion changes fastest), as EDM's ρ-grid does in σ.
+    """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return jnp.linspace(t_start, t_end, num_steps + 1, dtype=dtype)
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    u = jnp.power(jnp.linspace(1.0, 0.0, num_steps + 1, dtype=dtype), rho)
+    return (t_end + (t_start - t_end) * u).astype(dtype)
 
 
 def _batch_time(t: Array, z: Array) -> Array:
@@ -98,7 +106,8 @@ def _run(step: Callable[[Array, Array, Array, Optional[Array]], Array], z: Array
 
 def euler_maruyama(drift: Drift, volatility: Volatility, z: Array, key: Array, *,
                    num_steps: int, t_start: float = 1.0, t_end: float = 0.0,
-                   return_trajectory: bool = False) -> Union[Array, Trajectory]:
+                   rho: float = 1.0, return_trajectory: bool = False
+                   ) -> Union[Array, Trajectory]:
     """Euler–Maruyama for the reverse SDE dz = f̂(z, t) dt + g(t) dw̄ from t_start to t_end.
 
     One step from t to t − h: z ← z − h f̂(z, t) + g(t) √h ξ, ξ ~ N(0, I); noise is
@@ -111,12 +120,13 @@ def euler_maruyama(drift: Drift, volatility: Volatility, z: Array, key: Array, *
       z: initial state ``[B, *D]`` at ``t_start`` (e.g. :func:`sample_prior`).
       key: PRNG key for the Brownian increments.
       num_steps: number of steps (static).
+      rho: the grid's exponent (:func:`time_grid`; 1 = uniform).
       return_trajectory: return a :class:`Trajectory` instead of the final state.
 
     Returns:
       z at ``t_end`` ``[B, *D]``, or the :class:`Trajectory`.
     """
-    ts = time_grid(num_steps, t_start, t_end, z.dtype)
+    ts = time_grid(num_steps, t_start, t_end, z.dtype, rho)
 
     def step(z: Array, t: Array, t_next: Array, k: Array) -> Array:
         tb = _batch_time(t, z)
@@ -129,12 +139,14 @@ def euler_maruyama(drift: Drift, volatility: Volatility, z: Array, key: Array, *
 
 
 def euler(drift: Drift, z: Array, *, num_steps: int, t_start: float = 1.0,
-          t_end: float = 0.0, return_trajectory: bool = False) -> Union[Array, Trajectory]:
+          t_end: float = 0.0, rho: float = 1.0,
+          return_trajectory: bool = False) -> Union[Array, Trajectory]:
     """Euler's method for the ODE dz/dt = drift(z, t); NFE = ``num_steps``.
 
-    Args and returns as :func:`euler_maruyama`, without volatility and key.
+    Args and returns as :func:`euler_maruyama`, without volatility and key; ``rho``: the
+    grid of :func:`time_grid`.
     """
-    ts = time_grid(num_steps, t_start, t_end, z.dtype)
+    ts = time_grid(num_steps, t_start, t_end, z.dtype, rho)
 
     def step(z: Array, t: Array, t_next: Array, _: None) -> Array:
         return _euler_update(drift, z, t, t_next)
@@ -148,7 +160,7 @@ def heun_nfe(num_steps: int, final_euler: bool = True) -> int:
 
 
 def heun(drift: Drift, z: Array, *, num_steps: int, final_euler: bool = True,
-         t_start: float = 1.0, t_end: float = 0.0,
+         t_start: float = 1.0, t_end: float = 0.0, rho: float = 1.0,
          return_trajectory: bool = False) -> Union[Array, Trajectory]:
     """Heun's second-order method (explicit trapezoid) for dz/dt = drift(z, t).
 
@@ -157,7 +169,7 @@ def heun(drift: Drift, z: Array, *, num_steps: int, final_euler: bool = True,
     end is never evaluated, and NFE = 2·num_steps − 1 (:func:`heun_nfe`); otherwise
     NFE = 2·num_steps. Args and returns as :func:`euler`.
     """
-    ts = time_grid(num_steps, t_start, t_end, z.dtype)
+    ts = time_grid(num_steps, t_start, t_end, z.dtype, rho)
 
     def heun_step(z: Array, t: Array, t_next: Array, _: None) -> Array:
         h = t_next - t
@@ -176,16 +188,17 @@ def heun(drift: Drift, z: Array, *, num_steps: int, final_euler: bool = True,
 
 
 def ode_sample(drift: Drift, z: Array, *, nfe: int, method: Literal["euler", "heun"] = "heun",
-               t_start: float = 1.0, t_end: float = 0.0,
+               t_start: float = 1.0, t_end: float = 0.0, rho: float = 1.0,
                return_trajectory: bool = False) -> Union[Array, Trajectory]:
-    """Fixed-step ODE sampling with exactly ``nfe`` drift evaluations.
+    """Fixed-step ODE sampling with exactly ``nfe`` drift evaluations on the grid of
+    :func:`time_grid` with exponent ``rho``.
 
     Euler: ``nfe`` steps. Heun: odd ``nfe`` → (nfe + 1)/2 steps, the last one Euler;
     even ``nfe`` → nfe/2 full Heun steps.
     """
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
-    kwargs = dict(t_start=t_start, t_end=t_end, return_trajectory=return_trajectory)
+    kwargs = dict(t_start=t_start, t_end=t_end, rho=rho, return_trajectory=return_trajectory)
     if method == "euler":
         return euler(drift, z, num_steps=nfe, **kwargs)
     if method == "heun":

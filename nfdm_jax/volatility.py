@@ -78,6 +78,19 @@ def neural_matched(delta: float, min_gap: float = 1e-4) -> Volatility:
     return g2
 
 
+def straight_matched(delta: float, min_gap: float = 1e-4) -> Volatility:
+    """The volatility under which the straight path μ = (1 − t) x, σ = t + (1 − t) δ forgets
+    x: g² = 2σ²(∂log σ − ∂log a) = 2σ(1 − δ) + 2σ² / (1 − t), as :func:`neural_matched`
+    for the paper's process (``1 − t`` floored at ``min_gap``)."""
+
+    def g2(t: Array) -> Array:
+        sigma = t + (1.0 - t) * delta
+        return 2.0 * sigma * (1.0 - delta) + 2.0 * jnp.square(sigma) / jnp.maximum(1.0 - t,
+                                                                                    min_gap)
+
+    return g2
+
+
 def learned(net: Callable[[Array], Array], base: Volatility) -> Volatility:
     """Learnable volatility g² = base(t) · softplus(net(t) + softplus⁻¹(1)).
 

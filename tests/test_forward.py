@@ -183,7 +183,7 @@ def test_preconditioning_formula():
                                jnp.array([[1.0 + 0.02] * DIM, [2.02] * DIM]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["vp", "neural_init"])
+@pytest.mark.parametrize("name", ["vp", "neural_init", "straight_init"])
 def test_matched_volatility_makes_the_forward_sde_forget_x(name):
     """∂/∂x of the conditional forward SDE drift f + (g²/2)∇log q vanishes (SPEC §1.3)."""
     with jax.enable_x64(True):
@@ -191,8 +191,10 @@ def test_matched_volatility_makes_the_forward_sde_forget_x(name):
             gamma = schedules.cosine_gamma()
             fwd, g2 = forward.vp_forward(gamma), volatility.vp_matching(gamma)
         else:
-            fwd = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)), 0.01)
-            g2 = volatility.neural_matched(0.01)
+            straight = name == "straight_init"
+            fwd = forward.neural_forward(lambda x, t: (jnp.zeros_like(x), jnp.zeros_like(x)),
+                                         0.01, straight)
+            g2 = (volatility.straight_matched if straight else volatility.neural_matched)(0.01)
         t = jnp.array([0.05, 0.4, 0.8, 0.97])
         z = jax.random.normal(jax.random.PRNGKey(0), (4, DIM), jnp.float64)
 

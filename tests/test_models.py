@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from experiments import toy2d
+from nfdm_jax import forward
 from nfdm_jax.models import MODELS, Model
 from nfdm_jax.train import validation
 
 VARIANTS = {  # model -> config edits on the 2-D toy
     "nfdm": {},
-    "nfdm_ot": {"model.name": "nfdm_ot", "model.volatility": "zero",
+    "nfdm_ot": {"model.name": "nfdm_ot", "model.volatility_base": "straight_matched",
                 "model.curvature_weight": 0.1},
     "nfbm": {"model.name": "nfbm", "model.obstacle_weight": 1.0,
              "model.volatility_base": "delta_matched"},
@@ -83,6 +84,25 @@ def test_forward_sigma_base_learns_only_the_mean():
         validate(config_for({"model.forward_sigma": "fixed"}))
     with pytest.raises(ValueError, match="not model.name='nfbm'"):
         validate(config_for({**VARIANTS["nfbm"], "model.forward_sigma": "base"}))
+
+
+def test_nfdm_ot_reports_the_nelbo_as_bpd_and_starts_on_the_straight_path():
+    """Its objective is the NELBO + λ ‖d²z/dt²‖²; ``bpd`` is the NELBO's alone, and the
+    untrained process that scales its predictor is the straight path."""
+    model = Model(config_for(VARIANTS["nfdm_ot"]), (2,))
+    key = jax.random.PRNGKey(0)
+    batch = {"x": jax.random.normal(key, (8, 2))}
+    params = model.init(key, batch)
+    per = model.per_example(params, batch, key)
+    assert float(jnp.min(per["curvature"])) > 0
+    np.testing.assert_allclose(per["total"], per["diff"] + per["rec"] + per["prior"]
+                               + per["curvature"], rtol=1e-6)
+    nelbo_bits = (per["diff"] + per["rec"] + per["prior"]) / (2 * np.log(2.0))
+    np.testing.assert_allclose(per["bpd"], nelbo_bits, rtol=1e-6)
+    t = jnp.linspace(0.0, 1.0, 8)
+    for got, want in zip(model.base_fn(params)(batch["x"], t),
+                         forward.straight_forward(model.m.delta)(batch["x"], t)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_forward_sigma_defaults_per_model():

@@ -44,8 +44,33 @@ def test_sample_prior_shape_and_dtype():
 def test_time_grid():
     ts = sampling.time_grid(4, t_end=0.2)
     np.testing.assert_allclose(ts, [1.0, 0.8, 0.6, 0.4, 0.2], atol=1e-7)
-    with pytest.raises(ValueError):
-        sampling.time_grid(0)
+    # ρ = 2: t_i = (1 − i/4)², steps shrinking towards the data end.
+    np.testing.assert_allclose(sampling.time_grid(4, rho=2.0), [1.0, 0.5625, 0.25, 0.0625, 0.0],
+                               atol=1e-7)
+    for bad in ({"num_steps": 0}, {"num_steps": 3, "rho": 0.0}):
+        with pytest.raises(ValueError):
+            sampling.time_grid(**bad)
+
+
+@pytest.mark.parametrize("method,nfe", [("euler", 8), ("heun", 33)])
+def test_a_grid_dense_near_the_data_follows_a_flow_that_bends_there(x64, method, nfe):
+    """Narrow Gaussian data N(m, s² I), s = 0.05, on the straight path σ = t + (1 − t) δ with
+    its exact posterior mean: the flow contracts z_1 onto the data only where σ_t ≈ (1 − t) s,
+    near t = 0, and there ρ = 2 follows the exact map m + √(s² + δ²) z_1 more closely than
+    the uniform grid (measured: Euler 8 0.066 → 0.027, Heun 33 0.034 → 0.0026)."""
+    m, s, delta = jnp.array([[0.5, -0.3]]), 0.05, 0.01
+
+    def posterior_mean(z, t):
+        a, sig = (1.0 - t)[:, None], (t + (1.0 - t) * delta)[:, None]
+        return m + a * s ** 2 / (a ** 2 * s ** 2 + sig ** 2) * (z - a * m)
+
+    ode = drifts.generative_drift(forward.straight_forward(delta), posterior_mean,
+                                  volatility.zero())
+    z1 = sampling.sample_prior(jax.random.key(0), (16, 2), jnp.float64)
+    exact = m + jnp.sqrt(s ** 2 + delta ** 2) * z1
+    err = {rho: max_err(sampling.ode_sample(ode, z1, nfe=nfe, method=method, rho=rho), exact)
+           for rho in (1.0, 2.0)}
+    assert err[2.0] < 0.5 * err[1.0], err
 
 
 def test_ode_samplers_follow_exact_flow_map(model, z1, oracle):
@@ -103,6 +128,8 @@ def counting(drift):
     (lambda f, v, z: sampling.heun(f, z, num_steps=1), 1),
     (lambda f, v, z: sampling.ode_sample(f, z, nfe=8), 8),
     (lambda f, v, z: sampling.ode_sample(f, z, nfe=11), 11),
+    (lambda f, v, z: sampling.ode_sample(f, z, nfe=6, method="euler", rho=3.0), 6),
+    (lambda f, v, z: sampling.ode_sample(f, z, nfe=7, rho=2.0), 7),
     (lambda f, v, z: sampling.euler_maruyama(f, v, z, jax.random.key(1), num_steps=6), 6),
 ])
 def test_nfe_is_counted_honestly(model, z1, run, expected):

@@ -162,17 +162,6 @@ def test_eval_and_sample_modes(three_steps, tmp_path, toy_config):
     assert samples.shape == (config.sample.num, 2) and np.all(np.isfinite(samples))
 
 
-def test_nfdm_ot_reports_its_loss_not_bpd():
-    ot, nfdm = types.SimpleNamespace(name="nfdm_ot"), types.SimpleNamespace(name="nfdm")
-    metrics = {"bpd": 2.0, "bpd_stderr": 0.1, "total": 5.0}
-    renamed = loop.honest_names(ot, metrics)
-    assert "bpd" not in renamed and "bpd_stderr" not in renamed
-    assert renamed["loss"] == pytest.approx(2.0 * np.log(2.0))  # total / D
-    assert renamed["loss_stderr"] == pytest.approx(0.1 * np.log(2.0))
-    assert loop.honest_names(ot, {"bpd": 2.0, "loss": 1.386}) == {"loss": 1.386}  # training
-    assert loop.honest_names(nfdm, metrics) == metrics
-
-
 def test_already_complete_run_says_so_and_does_not_train(three_steps, tmp_path, toy_config,
                                                          caplog):
     workdir = copy_of(three_steps, tmp_path)

@@ -58,28 +58,6 @@ def check_data_state(config: ml_collections.ConfigDict, step: int, data_state: A
                               f"but config.seed={config.seed}; use the same seed")
 
 
-def honest_names(model: Model, metrics: dict[str, float]) -> dict[str, float]:
-    """NFDM-OT's objective (velocity-matching error ``match`` + λ·``curvature``, squared
-    velocity units) is not a likelihood bound, so its ``"bpd"`` (total / (D ln 2)) is
-    reported as ``"loss"``, total / D, the number training minimises (and logs as ``loss``)."""
-    if model.name != "nfdm_ot":
-        return metrics
-    out = dict(metrics)
-    for suffix in ("", "_stderr"):
-        if "bpd" + suffix in out:
-            value = out.pop("bpd" + suffix) * math.log(2.0)
-            out.setdefault("loss" + suffix, value)
-    return out
-
-
-def honest_terms(model: Model, result: evaluation.Evaluation) -> evaluation.Evaluation:
-    """:func:`honest_names` applied to an evaluation's terms."""
-    named = honest_names(model, {k: v.mean for k, v in result.terms.items()})
-    ses = honest_names(model, {k + "_stderr": v.se for k, v in result.terms.items()})
-    terms = {k: evaluation.MeanSE(v, ses[k + "_stderr"]) for k, v in named.items()}
-    return dataclasses.replace(result, terms=terms)
-
-
 def evaluate(exp: Experiment, params: Any) -> evaluation.Evaluation:
     """Every objective term on the eval split, mean ± standard error (one ordered, padded
     pass; ``config.train.eval_t_samples`` t-samples per example; names from the model)."""
@@ -92,8 +70,8 @@ def evaluate(exp: Experiment, params: Any) -> evaluation.Evaluation:
 
 
 def eval_metrics(exp: Experiment, params: Any) -> dict[str, float]:
-    """:func:`evaluate` as ``{term: mean, term_stderr: se}`` with honest names."""
-    return honest_terms(exp.model, evaluate(exp, params)).means()
+    """:func:`evaluate` as ``{term: mean, term_stderr: se}``."""
+    return evaluate(exp, params).means()
 
 
 def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
@@ -104,7 +82,8 @@ def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
     if exp.model.bridge:
         batch = next(eval_batches({"x": exp.data.eval["x1"]}, s.num, exp.mesh))
         x1 = exp.model.condition({"x1": batch["x"]})
-    draw = jax.jit(lambda p, k, c: generate.generate(exp.model, p, k, s.num, s.method, s.steps, c))
+    draw = jax.jit(lambda p, k, c: generate.generate(exp.model, p, k, s.num, s.method, s.steps, c,
+                                                     s.rho))
     info("sampling %d with %s, %d steps…", s.num, s.method, s.steps)
     z = draw(params, exp.key(SAMPLE), x1)
     images = len(exp.model.shape) == 3
@@ -195,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 means["steps_per_sec"] = 1.0 / means["step_time"]
                 means["examples_per_sec"] = t.batch_size / means["step_time"]
                 last_time, last_step = now, step
-                final_metrics = honest_names(exp.model, means)
+                final_metrics = means
                 writer.scalars(step, final_metrics, "train")
                 progress.update(step)
             if save:
@@ -259,7 +238,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str,
     t0 = time.perf_counter()
 
     def run(exp: Experiment, params: Any, step: int) -> dict[str, float]:
-        result = honest_terms(exp.model, evaluate(exp, params))
+        result = evaluate(exp, params)
         sample_quality = quality.sample_quality(exp, params, workdir, exp.key(SAMPLE))
         metrics = result.means() | sample_quality
         MetricWriter(workdir).scalars(step, metrics, "eval")

@@ -32,8 +32,8 @@ def _arrays(source: Any, key: str) -> np.ndarray:
 
 def samples_at(exp: Experiment, params: Any, key: jax.Array, nfe: int, num: int) -> np.ndarray:
     """``num`` generated images as uint8 pixels, with ``config.sample.method`` at ``nfe``."""
-    method = exp.config.sample.method
-    draw = jax.jit(lambda p, k: generate.generate(exp.model, p, k, num, method, nfe))
+    s = exp.config.sample
+    draw = jax.jit(lambda p, k: generate.generate(exp.model, p, k, num, s.method, nfe, rho=s.rho))
     return np.asarray(jax.device_get(decoders.to_pixels(draw(params, key))))
 
 

@@ -27,7 +27,7 @@ from nfdm_jax.data import DatasetSpec, make_datasets
 from nfdm_jax.data.registry import DATASETS
 
 MODES = ("train", "eval", "sample")
-SAMPLERS = ("sde", "ode")
+SAMPLERS = ("sde", "euler", "heun")
 SCHEDULES = ("polynomial", "constant")
 DTYPES = ("float32", "bfloat16")
 # Fields that must equal the stored config.json on resume (they define the model and the
@@ -119,8 +119,8 @@ def _check_sample(c: ml_collections.ConfigDict) -> None:
     _int_at_least(c, "sample.num", 1)
     _int_at_least(c, "sample.steps", 1)
     _require(s.method in SAMPLERS, "sample.method", s.method, f"one of {SAMPLERS}")
-    _require(c.model.name != "nfdm_ot" or s.method == "ode", "sample.method", s.method,
-             "'ode' for config.model.name='nfdm_ot' (its volatility is zero)")
+    _require(isinstance(s.rho, (int, float)) and math.isfinite(s.rho) and s.rho > 0,
+             "sample.rho", s.rho, "a positive number (1 = uniform time grid)")
 
 
 def _check_net_and_data(c: ml_collections.ConfigDict) -> None:

@@ -14,8 +14,12 @@ at each NFE of ``--nfes``, on the uniform grid and the ρ-grids of ``--rhos``
 (``sampling.time_grid``); the squared energy distance to 4096 held-out ring samples is
 averaged over seeds (± standard error). Also recorded: the fraction of samples within 3
 standard deviations of a mode, the held-out NELBO (nats, K = 8 t-samples per point), the
-mean forward σ(t), and the training time. One JSON line per model is appended to
-``--out``/runs.jsonl, with the command that produced it.
+mean forward σ(t), the ODE's curvature E‖d²z/dt²‖² at fixed t, and the training time. One
+JSON line per model is appended to ``--out``/runs.jsonl, with the command that produced it.
+
+``--digits=LABEL:VARIANT:WORKDIR,...`` instead draws the figure of digit samples against NFE
+(``--out``/digits_samples_vs_nfe.png): one row block per trained ``experiments/digits.py``
+workdir, the same prior draws at each NFE of ``--digits_nfes`` by Euler on the uniform grid.
 """
 from __future__ import annotations
 
@@ -30,11 +34,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from experiments import fidelity_report as fr
 from experiments import report_lib as lib
-from experiments import toy2d, toy2d_ot
-from nfdm_jax import losses, sampling
+from experiments import digits, toy2d, toy2d_ot
+from nfdm_jax import losses, plotting, sampling
+from nfdm_jax.train import loop, quality
 
 SHIPPED = {"vp": (toy2d, "vdm"), "flow_matching": (toy2d, "flow_matching"),
            "nfdm": (toy2d, ""), "nfdm_ot": (toy2d_ot, "")}
@@ -101,6 +108,65 @@ def curvature_profile(t: fr.Trained, x: np.ndarray, ts: np.ndarray) -> list[floa
     return [float(at(jnp.asarray(v))) for v in ts]
 
 
+def digits_figure(entries: str, nfes: list[int], path: str, num: int = 8) -> None:
+    """A grid of panels, one row per workdir and one column per NFE, each ``num`` samples
+    from the same prior draws (so a column compares models, a row shows what NFE buys)."""
+    labels, panels = [], []
+    for entry in entries.split(","):
+        label, variant, workdir = entry.split(":", 2)
+        config = digits.get_config(variant)
+        with config.unlocked():
+            config.sample.method, config.sample.rho = "euler", 1.0
+        key = jax.random.key(5)
+
+        def draw(exp: Any, params: Any, step: int) -> list[np.ndarray]:
+            return [plotting.image_grid(quality.samples_at(exp, params, key, n, num), ncols=4)
+                    for n in nfes]
+
+        labels.append(label)
+        panels.append(loop.from_latest(config, workdir, "sample from", draw))
+    fig = Figure(figsize=(1.3 * len(nfes), 0.75 * len(labels) + 0.3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(labels), len(nfes), squeeze=False)
+    for i, (label, row) in enumerate(zip(labels, panels)):
+        for j, (nfe, panel) in enumerate(zip(nfes, row)):
+            ax = axes[i, j]
+            ax.imshow(panel[..., 0], cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"NFE {nfe}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=150)
+    print(f"wrote {path}", flush=True)
+
+
+def _cell(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.4f} ± {stats['se']:.4f}"
+
+
+def render(rows: list[dict[str, Any]], nfes: list[int]) -> str:
+    """Markdown tables from runs.jsonl: Euler on the uniform grid, then each NFE's best
+    (method, ρ) setting, with the held-out NELBO and the training time."""
+    head = "| model | tag | steps | seeds | " + " | ".join(f"NFE {n}" for n in nfes)
+    rule = "|---" * (4 + len(nfes)) + "|"
+    euler, best = [head + " | NELBO (nats) | train s |", rule + "---|---|"], [head + " |", rule]
+    for r in rows:
+        lead = f"| {r['model']} | {r['tag']} | {r['steps']} | {r['seeds']} | "
+        e = r["energy"]
+        euler.append(lead + " | ".join(_cell(e[f"euler/rho=1/{n}"]) for n in nfes)
+                     + f" | {_cell(r['nelbo'])} | {r['train_seconds']:.0f} |")
+        cells = []
+        for n in nfes:
+            k = min((k for k in e if k.endswith(f"/{n}")), key=lambda k: e[k]["mean"])
+            cells.append(f"{_cell(e[k])} ({k.rsplit('/', 1)[0].replace('/rho=', ' ρ=')})")
+        best.append(lead + " | ".join(cells) + " |")
+    return ("Energy distance² to the ring, Euler, uniform grid (mean ± s.e. over seeds):\n\n"
+            + "\n".join(euler) + "\n\nBest sampler setting per NFE (Euler/Heun, ρ):\n\n"
+            + "\n".join(best) + "\n")
+
+
 def parse_edits(values: list[str]) -> dict[str, dict[str, Any]]:
     """``["nfdm_ot:model.curvature_weight=1.0", ...]`` → ``{model: {field: value}}``."""
     edits: dict[str, dict[str, Any]] = {}
@@ -127,7 +193,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--edit", action="append", default=[],
                         help="MODEL:group.field=value, repeatable")
     parser.add_argument("--tag", default="", help="label of this run in runs.jsonl")
+    parser.add_argument("--digits", default="", help="LABEL:VARIANT:WORKDIR,... (figure)")
+    parser.add_argument("--digits_nfes", default="1,2,4,8,16,64")
+    parser.add_argument("--render", action="store_true",
+                        help="only write --out/results.md from --out/runs.jsonl")
     args = parser.parse_args(argv)
+    if args.render:
+        with open(os.path.join(args.out, "runs.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        with open(os.path.join(args.out, "results.md"), "w") as f:
+            f.write(render(rows, [int(n) for n in args.nfes.split(",")]))
+        return None
+    if args.digits:
+        os.makedirs(args.out, exist_ok=True)
+        return digits_figure(args.digits, [int(n) for n in args.digits_nfes.split(",")],
+                             os.path.join(args.out, "digits_samples_vs_nfe.png"))
     edits = parse_edits(args.edit)
     s = dataclasses.replace(fr.Settings(), steps=args.steps, seeds=args.seeds,
                             chunk=min(500, args.steps))

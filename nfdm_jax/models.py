@@ -1,13 +1,8 @@
 """Models from configs: Flax networks bound to the pure processes and losses of nfdm_jax.
 
 A :class:`Model` owns the Flax modules of one experiment and exposes pure functions of a
-parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts are ``{}``):
-
-* :meth:`Model.init` — parameters from a key and an example batch;
-* :meth:`Model.loss` — the training objective and its per-batch metrics;
-* :meth:`Model.per_example` — per-example objective terms, for evaluation;
-* accessors (:meth:`forward_fn`, :meth:`predictor_fn`, :meth:`volatility_fn`,
-  :meth:`drift_fn`) returning the plain callables that samplers and likelihoods take.
+parameter dict ``{"forward", "predictor", "volatility", "gamma"}`` (absent parts are ``{}``),
+and the plain callables that samplers and likelihoods take (``*_fn``).
 
 Models (``config.model.name``) are the entries of :data:`MODELS`, one :class:`ModelSpec`
 each: its forward process (built from :class:`Pieces`), its objective (a function of
@@ -16,22 +11,20 @@ it allows (:func:`nfdm_jax.train.validation.check_model` derives its rules from 
 Adding a model is one entry plus its test.
 
 ``config.model.forward_sigma`` says what the neural process's network sets: ``'base'`` only
-μ, with σ the untrained process's (nfdm's default: a learned σ inflates 5–10× on the NELBO,
-issue #9), ``'learned'`` μ and σ (the paper's; nfdm_ot's default; the bridge's only choice).
-NFDM-OT's untrained process is the straight path σ = t + (1 − t) δ (``forward.neural_forward``
-with ``straight``), NFDM's the paper's δ^(1 − t).
+μ, with σ the untrained process's (nfdm's and nfdm_ot's default: a learned σ inflates 5–10×
+on the NELBO, issue #9), ``'learned'`` μ and σ (the paper's; the bridge's only choice).
+The untrained process is the paper's σ = δ^(1 − t), or for NFDM-OT the straight path's
+t + (1 − t) δ (``forward.neural_forward``'s ``straight``).
 
-Predictors (``config.model.parameterization``): ``edm`` (:func:`drifts.edm_preconditioned`,
-the default of the neural models, scaled by the untrained process; needs
-``config.model.data_mean`` / ``data_std``), ``preconditioned`` (the paper's
-x̂ = (1 − t) z + (t + δ) NN) and ``eps`` (VP models: :func:`drifts.eps_predictor`).
-
-Batches are dicts: ``"x"`` the data (uint8 pixels for the ``discrete`` and ``dequantized``
-conventions, float for ``continuous``) and, for bridges, ``"x1"`` the source sample.
+Predictors (``config.model.parameterization``): ``edm`` (scaled by the untrained process),
+``preconditioned`` (the paper's) and ``eps`` (VP models); see :meth:`Model.predictor_fn`.
+Batches are dicts: ``"x"`` the data (uint8 pixels, or float for the ``continuous``
+convention) and, for bridges, ``"x1"`` the source sample.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -118,7 +111,7 @@ class ModelSpec:
         return (self.base or self.forward)(pieces._replace(net=None))
 
 
-def _neural_process(p: Pieces, straight: bool) -> forward.ForwardFn:
+def _neural(p: Pieces, straight: bool = False) -> forward.ForwardFn:
     if p.sigma == "base":
         # Only the mean is learned; log σ stays the untrained process's.
         def mean_only(x: Array, t: Array) -> tuple[Array, Array]:
@@ -129,14 +122,9 @@ def _neural_process(p: Pieces, straight: bool) -> forward.ForwardFn:
     return forward.neural_forward(lambda x, t: p.net(x, t, None), p.delta, straight)
 
 
-def _neural(p: Pieces) -> forward.ForwardFn:
-    return _neural_process(p, straight=False)
-
-
-def _neural_straight(p: Pieces) -> forward.ForwardFn:
-    # NFDM-OT: untrained, the straight path (flow matching's ODE); δ^(1 − t) would make every
-    # ODE path accelerate by (log δ)² z, which the penalty cannot remove (issue 21).
-    return _neural_process(p, straight=True)
+# NFDM-OT: untrained, the straight path (flow matching's ODE); δ^(1 − t) would make every
+# ODE path accelerate by (log δ)² z, which the penalty cannot remove (reports/few_step).
+_neural_straight = functools.partial(_neural, straight=True)
 
 
 def _frozen(p: Pieces) -> forward.ForwardFn:
@@ -192,8 +180,9 @@ MODELS: dict[str, ModelSpec] = {
     # The control: the same process with its network held at 0 (nothing learned in q).
     "nfdm_frozen": ModelSpec(_frozen, _nelbo, _ALL_G, _PRED),
     # NFDM-OT (SPEC §1.4): the NELBO + λ · the ODE's curvature, on the straight base path.
+    # σ held: 2–3× closer to the ring at every NFE than learned (reports/few_step).
     "nfdm_ot": ModelSpec(_neural_straight, _nfdm_ot, _ALL_G, _PRED, base=_straight,
-                         forward_net=True),
+                         forward_net=True, sigma="base"),
     # The neural bridge (SPEC §1.5): L_diff + L_rec (+ obstacle).
     "nfbm": ModelSpec(_bridge, _nfbm, ("learned", "delta_matched"), _PRED, forward_net=True,
                       bridge=True),
@@ -274,9 +263,8 @@ class Model:
 
     def _rngs(self, train: bool, dropout_key: Optional[Array], name: str) -> dict[str, Array]:
         # Each network gets its own dropout stream; none is needed in evaluation.
-        if not train or dropout_key is None:
-            return {}
-        return {"dropout": jax.random.fold_in(dropout_key, _NETWORK_IDS[name])}
+        use = train and dropout_key is not None
+        return {"dropout": jax.random.fold_in(dropout_key, _NETWORK_IDS[name])} if use else {}
 
     def gamma_fn(self, params: Params) -> schedules.Schedule:
         """The log-SNR schedule γ(t) of the VP models."""
@@ -336,10 +324,9 @@ class Model:
     def volatility_fn(self, params: Params) -> volatility.Volatility:
         """``volatility(t) -> g²`` ``[B]``."""
         kind = self.m.volatility
-        if kind == "zero":
-            return volatility.zero()
-        if kind == "vp_matching":
-            return volatility.vp_matching(self.gamma_fn(params))
+        if kind in ("zero", "vp_matching"):
+            return volatility.zero() if kind == "zero" else volatility.vp_matching(
+                self.gamma_fn(params))
         if kind in VOLATILITY_BASES:
             return VOLATILITY_BASES[kind](self.m.delta)
         base = VOLATILITY_BASES[self.m.volatility_base](self.m.delta)
@@ -375,10 +362,8 @@ class Model:
         t, eps = losses.sample_t_eps(kt, x)
         terms = self.spec.objective(self.m, LossInputs(fwd, pred, vol, self.decoder_fn(params),
                                                        x, x1, t, eps))
-        out = terms._asdict()
-        out["total"] = terms.total
-        out["bpd"] = losses.bits_per_dim(terms.bound, self.dim, self.log_jacobian)
-        return out
+        return terms._asdict() | {"total": terms.total, "bpd": losses.bits_per_dim(
+            terms.bound, self.dim, self.log_jacobian)}
 
     def loss(self, params: Params, batch: Batch, key: Array, train: bool = False,
              dropout_key: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:

@@ -100,19 +100,23 @@ def test_nfdm_ot_reports_the_nelbo_as_bpd_and_starts_on_the_straight_path():
     nelbo_bits = (per["diff"] + per["rec"] + per["prior"]) / (2 * np.log(2.0))
     np.testing.assert_allclose(per["bpd"], nelbo_bits, rtol=1e-6)
     t = jnp.linspace(0.0, 1.0, 8)
-    for got, want in zip(model.base_fn(params)(batch["x"], t),
-                         forward.straight_forward(model.m.delta)(batch["x"], t)):
+    straight = forward.straight_forward(model.m.delta)(batch["x"], t)
+    for got, want in zip(model.base_fn(params)(batch["x"], t), straight):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # σ held by default: the trained process keeps the straight path's σ(t), only μ moves.
+    np.testing.assert_allclose(model.forward_fn(params)(batch["x"], t)[1], straight[1],
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_forward_sigma_defaults_per_model():
-    """NFDM holds σ unless asked (issue #9); NFDM-OT and the bridge learn it (the paper's)."""
+    """NFDM and NFDM-OT hold σ unless asked (issue #9, reports/few_step); the bridge learns
+    it (the paper's)."""
     defaults = {name: Model(config_for(VARIANTS[name]), (2,)).forward_sigma
                 for name in ("nfdm", "nfdm_ot", "nfbm")}
-    assert defaults == {"nfdm": "base", "nfdm_ot": "learned", "nfbm": "learned"}
+    assert defaults == {"nfdm": "base", "nfdm_ot": "base", "nfbm": "learned"}
     assert Model(config_for({"model.forward_sigma": "learned"}), (2,)).forward_sigma == "learned"
-    ot = {**VARIANTS["nfdm_ot"], "model.forward_sigma": "base"}
-    assert Model(config_for(ot), (2,)).forward_sigma == "base"
+    ot = {**VARIANTS["nfdm_ot"], "model.forward_sigma": "learned"}
+    assert Model(config_for(ot), (2,)).forward_sigma == "learned"
     assert toy2d.get_config("tiny,learned_sigma").model.forward_sigma == "learned"
 
 

@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import run
-from nfdm_jax.train import Checkpointer, checkpointing, experiment, loop, validation
+from nfdm_jax.train import Checkpointer, experiment, fingerprint, loop, validation
 from nfdm_jax.train.preemption import Preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,22 +211,22 @@ def test_fingerprint_is_layout_independent_and_sensitive():
     tree = {"w": x, "n": jnp.arange(8, dtype=jnp.int32), "b": jnp.ones(3, jnp.bfloat16)}
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
     sharded = dict(tree, w=jax.device_put(x, NamedSharding(mesh, P("data", "model"))))
-    finite, digests = checkpointing.summarise(tree)
-    assert finite and digests == checkpointing.summarise(sharded)[1]
+    finite, digests = fingerprint.summarise(tree)
+    assert finite and digests == fingerprint.summarise(sharded)[1]
     one_bit = x.at[17, 3].set(jax.lax.bitcast_convert_type(
         jax.lax.bitcast_convert_type(x[17, 3], jnp.uint32) ^ 1, jnp.float32))
     swapped = x.at[0, 0].set(x[0, 1]).at[0, 1].set(x[0, 0])  # same values, other places
     for changed in (one_bit, swapped):
-        assert checkpointing.summarise(dict(tree, w=changed))[1]["['w']"] != digests["['w']"]
-    assert not checkpointing.summarise(dict(tree, w=x.at[5, 5].set(jnp.inf)))[0]
+        assert fingerprint.summarise(dict(tree, w=changed))[1]["['w']"] != digests["['w']"]
+    assert not fingerprint.summarise(dict(tree, w=x.at[5, 5].set(jnp.inf)))[0]
 
 
 def test_non_finite_state_is_never_saved(tmp_path):
     ckpt = Checkpointer(str(tmp_path), 3, async_save=False)
     with pytest.raises(FloatingPointError, match="non-finite training state at step 5"):
-        ckpt.save(5, {"w": jnp.array([1.0, jnp.nan])}, {"step": 5})
+        ckpt.save(5, {"w": jnp.array([1.0, jnp.nan])}, {"step": 5}, {})
     assert ckpt.all_steps() == []
-    ckpt.save(6, {"w": jnp.array([1.0, 2.0])}, {"step": 6})
+    ckpt.save(6, {"w": jnp.array([1.0, 2.0])}, {"step": 6}, {})
     ckpt.close()
     with pytest.raises(ValueError, match="max_to_keep"):
         Checkpointer(str(tmp_path), 0)

@@ -38,6 +38,10 @@ DTYPES = ("float32", "bfloat16")
 RESUME_FIXED = ("seed", "model", "net", "data")
 RESUME_FREE = ("data.data_dir", "data.eval_size", "net.remat", "net.forward_remat", "net.conv")
 MAX_SEED = 2 ** 31
+# Fields holding a tuple of numbers (None: unset); an override such as
+# --config.model.data_std=abc would otherwise parse as a tuple of characters.
+NUMBER_TUPLES = ("model.data_mean", "model.data_std", "model.obstacle_centre",
+                 "data.target_offset", "data.source_offset")
 # The 2-D pools are generated in memory (float64 while drawn): 2**26 points take ~1 GB.
 MAX_TOY_SIZE = 2 ** 26
 
@@ -78,6 +82,7 @@ def check_config(config: ml_collections.ConfigDict,
     Pure: reads no file and compiles nothing. Raises :class:`ConfigError`.
     """
     c = config
+    check_types(c)
     _check_finite(c)
     _require(_is_int(c.seed) and 0 <= c.seed < MAX_SEED, "seed", c.seed,
              f"an integer in [0, {MAX_SEED})")
@@ -88,6 +93,16 @@ def check_config(config: ml_collections.ConfigDict,
     check_model(c)
     _check_devices(c, len(devices) if devices is not None else jax.device_count(),
                    process_count if process_count is not None else jax.process_count())
+
+
+def check_types(c: ml_collections.ConfigDict) -> None:
+    """The fields of :data:`NUMBER_TUPLES` hold numbers. Also run on the parsed flags
+    (``experiments/run.py``), where a wrong type is an unparsable flag."""
+    for field in NUMBER_TUPLES:
+        value = _lookup(c, field)
+        _require(value is None or (isinstance(value, (tuple, list))
+                                   and all(isinstance(v, (int, float)) for v in value)),
+                 field, value, "a tuple of numbers, e.g. '(0.5, 0.5)'")
 
 
 def _check_finite(c: ml_collections.ConfigDict) -> None:

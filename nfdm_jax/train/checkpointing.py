@@ -248,11 +248,15 @@ class Checkpointer:
                 copy.close()
 
     def _listed(self) -> list[int]:
-        """Finalised steps now on disk (read afresh, not from the manager's cache)."""
+        """Finalised step folders now on disk (read afresh, not from the manager's cache;
+        a step path that is a plain file is the training run's to move aside)."""
         try:
-            return sorted(ocp.path.step.checkpoint_steps(self.directory))
+            steps = ocp.path.step.checkpoint_steps(self.directory)
         except FileNotFoundError:  # a step deleted while listed: list again
-            return sorted(ocp.path.step.checkpoint_steps(self.directory))
+            steps = ocp.path.step.checkpoint_steps(self.directory)
+        local = "://" not in self.directory
+        return sorted(s for s in steps
+                      if not local or os.path.isdir(os.path.join(self.directory, str(s))))
 
     def _check_structure(self, step: int, target: Any, path: str) -> set[str]:
         """A different tree or shapes means another config (stop), not corruption.

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 
 def exit_on_sigterm(status: int) -> Callable[[int, object], None]:
@@ -48,7 +48,6 @@ import json  # noqa: E402
 import logging as std_logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
-from typing import Optional, Sequence  # noqa: E402
 
 # XLA's C++ log shows, on a healthy CPU run, only an ERROR-level "Very slow compile?" banner
 # after 2 minutes of compiling; the loop says "compiling … (≈ N s)" instead. Errors reach

@@ -255,6 +255,23 @@ def test_training_moves_a_plain_file_step_aside(six_steps, tmp_path, toy_config,
     assert any("step 9 skipped: not a folder" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
+def test_rejected_checkpoint_is_one_line_on_stderr(six_steps, tmp_path):
+    """Nothing but the warning: no asyncio or TensorStore tracebacks (those need --debug)."""
+    workdir = str(tmp_path / "w")
+    shutil.copytree(six_steps, workdir)
+    state = os.path.join(workdir, "checkpoints", "6", "state")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs
+             if os.sep + "d" + os.sep in os.path.join(d, f)]
+    largest = max(files, key=os.path.getsize)
+    data = open(largest, "rb").read()
+    open(largest, "wb").write(data[:len(data) // 2])
+    err = finish(launch(workdir, "--config.train.num_steps=9", "--config.train.checkpoint_every=3",
+                        "--config.train.log_every=3", "--config.train.eval_every=0"))
+    loud = [line for line in err.splitlines() if line.strip() and not line.startswith("I")]
+    assert len(loud) == 1 and "checkpoint step 6 skipped" in loud[0], err[-5000:]
+
+
 # ------------------------------------------------------------------------------ sharded saves
 
 @pytest.mark.slow

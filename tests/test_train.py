@@ -100,7 +100,7 @@ def test_resume_on_other_device_count_equals_uninterrupted(three_steps, tmp_path
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           exp.abstract_state, exp.state_shardings)
     ckpt = Checkpointer(workdir, 3)
-    state, data_state = ckpt.restore(6, target)
+    state, data_state, _ = ckpt.restore(6, target)
     ckpt.close()
     assert data_state == {"step": 6, "seed": config.seed}
     chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(resumed.params))

@@ -32,7 +32,7 @@ def restore_params(workdir, step, config):
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           exp.abstract_state, exp.state_shardings)
     ckpt = Checkpointer(workdir, 3)
-    state, _ = ckpt.restore(step, target)
+    state, _, _ = ckpt.restore(step, target)
     ckpt.close()
     return jax.device_get(state.params)
 

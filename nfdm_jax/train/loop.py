@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from nfdm_jax import decoders, evaluation, ops, plotting
 from nfdm_jax.data import BatchIterator, DatasetSpec, eval_batches
 from nfdm_jax.models import Model
-from nfdm_jax.train import generate, quality, step as steps
+from nfdm_jax.train import generate, quality, step as steps, validation, workdir_lock
 from nfdm_jax.train.experiment import SAMPLE, TRAIN, EVAL, Experiment, create_state, setup
 from nfdm_jax.train.checkpointing import CheckpointError, Checkpointer, CorruptCheckpoint
 from nfdm_jax.train.progress import CompileTimer, Progress, info, summary
@@ -34,10 +34,11 @@ from nfdm_jax.train.summaries import MetricWriter
 
 def restore_or_create(exp: Experiment, ckpt: Checkpointer) -> tuple[TrainState, int]:
     """The newest checkpoint that verifies (onto the current mesh) or a fresh state, and
-    its step. Corrupt newer checkpoints are moved aside (:meth:`Checkpointer.restore_latest`)."""
+    its step. Corrupt newer checkpoints are moved aside by a training run, skipped by a
+    reader (:meth:`Checkpointer.restore_latest`)."""
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           exp.abstract_state, exp.state_shardings)
-    found = ckpt.restore_latest(target, functools.partial(check_data_state, exp.config))
+    found = ckpt.restore_latest(target, functools.partial(check_restored, exp.config))
     if found is None:
         return create_state(exp), 0
     step, state, _ = found
@@ -45,10 +46,16 @@ def restore_or_create(exp: Experiment, ckpt: Checkpointer) -> tuple[TrainState, 
     return state, step
 
 
-def check_data_state(config: ml_collections.ConfigDict, step: int, data_state: Any) -> None:
-    """The data-iterator state saved with checkpoint ``step`` must belong to it (else the
-    checkpoint is corrupt) and to ``config.seed`` (else the config is wrong). Only the
-    ``step`` and ``seed`` entries, where the iterator's state has them, are looked at."""
+def check_restored(config: ml_collections.ConfigDict, step: int, data_state: Any,
+                   record: Any) -> None:
+    """Checkpoint ``step`` must have been trained with ``config``'s model and data fields
+    (its config ``record``, when it has one) and its data-iterator state must belong to it
+    (else the checkpoint is corrupt) and to ``config.seed``. Only the ``step`` and ``seed``
+    entries, where the iterator's state has them, are looked at."""
+    diff = validation.stored_config_differences(config, record) if record is not None else []
+    if diff:
+        raise CheckpointError(f"checkpoint {step} was trained with other model/data fields: "
+                              f"{'; '.join(diff)}. Use the stored values or a fresh --workdir")
     if not isinstance(data_state, dict):
         return
     if data_state.get("step", step) != step:
@@ -117,13 +124,21 @@ def _crossed(prev: int, now: int, every: int) -> bool:
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: Optional[Sequence[jax.Device]] = None,
           data: Optional[DatasetSpec] = None) -> TrainState:
-    """Trains to ``config.train.num_steps``, resuming from ``workdir/checkpoints``.
+    """Trains to ``config.train.num_steps``, resuming from ``workdir/checkpoints``, holding
+    the workdir's lock (:class:`~nfdm_jax.train.workdir_lock.WorkdirBusy` if another
+    training run holds it).
 
     Returns the final state. Exits early (returning the saved state) on SIGTERM or a
     multi-host pre-emption notice. Raises ``FloatingPointError`` naming the step and last
     good checkpoint on non-finite metrics or state (nothing non-finite is ever saved).
     Logs a progress line (steps/s, ETA) with the metrics and ends with a summary line.
     """
+    with workdir_lock.hold(workdir):
+        return _train(config, workdir, devices, data)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           devices: Optional[Sequence[jax.Device]], data: Optional[DatasetSpec]) -> TrainState:
     t0 = time.perf_counter()
     exp = setup(config, devices, data)
     t = config.train
@@ -136,6 +151,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
              workdir, step, t.num_steps, ckpt.directory)
         ckpt.close()
         return state
+    record = validation.provenance(config)
     batches = BatchIterator(exp.data.train, t.batch_size, exp.mesh, config.seed,
                             start_step=step, steps_per_dispatch=t.steps_per_dispatch)
     train_step = steps.jit_train_step(exp.training.step(exp.key(TRAIN)), exp.mesh,
@@ -178,7 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 writer.scalars(step, final_metrics, "train")
                 progress.update(step)
             if save:
-                ckpt.save(step, state, batches.state)
+                ckpt.save(step, state, batches.state, record)
             if _crossed(prev, step, t.eval_every) or _crossed(prev, step, config.sample.every):
                 # Their programs must not queue ahead of the steps' launches (ops.MAX_IN_FLIGHT).
                 jax.block_until_ready(state)
@@ -190,15 +206,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                 sample(exp, state.ema_params, workdir, step)
             if preemption.should_stop(dispatch, save or _crossed(prev, step, t.log_every)):
                 logging.warning("SIGTERM: saving step %d and exiting", step)
-                ckpt.save(step, state, batches.state)  # Checked for NaN like every save.
+                ckpt.save(step, state, batches.state, record)  # Checked for NaN like every save.
                 break
             dispatch += 1
         ckpt.wait()
     finally:
-        preemption.restore()
         batches.close()
         ckpt.close()
         writer.close()
+        preemption.restore()  # last: a SIGTERM during the teardown only sets its flag
     info("%s", summary("train", step, time.perf_counter() - t0, final_metrics,
                        _outputs(workdir, ckpt.directory, step, config.sample.every > 0),
                        rate=progress.rate()))
@@ -218,9 +234,10 @@ def from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,
                  fn: Callable[[Experiment, Any, int], Any],
                  data: Optional[DatasetSpec] = None) -> Any:
     """``fn(experiment, ema_params, step)`` on the newest checkpoint in ``workdir`` that
-    verifies (corrupt newer ones are moved aside)."""
+    verifies, read without changing anything under ``checkpoints/`` (a training run may be
+    writing it: :class:`Checkpointer` with ``read_only``)."""
     exp = setup(config, data=data)
-    ckpt = Checkpointer(workdir, config.train.max_to_keep)
+    ckpt = Checkpointer(workdir, config.train.max_to_keep, read_only=True)
     try:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory} to {purpose}")

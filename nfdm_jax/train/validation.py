@@ -25,6 +25,7 @@ import ml_collections
 from nfdm_jax import decoders, models, nets
 from nfdm_jax.data import DatasetSpec, make_datasets
 from nfdm_jax.data.registry import DATASETS
+from nfdm_jax.data.toy2d import DENSITIES
 
 MODES = ("train", "eval", "sample")
 SAMPLERS = ("sde", "euler", "heun")
@@ -37,6 +38,12 @@ DTYPES = ("float32", "bfloat16")
 RESUME_FIXED = ("seed", "model", "net", "data")
 RESUME_FREE = ("data.data_dir", "data.eval_size", "net.remat", "net.forward_remat", "net.conv")
 MAX_SEED = 2 ** 31
+# Fields holding a tuple of numbers (None: unset); an override such as
+# --config.model.data_std=abc would otherwise parse as a tuple of characters.
+NUMBER_TUPLES = ("model.data_mean", "model.data_std", "model.obstacle_centre",
+                 "data.target_offset", "data.source_offset")
+# The 2-D pools are generated in memory (float64 while drawn): 2**26 points take ~1 GB.
+MAX_TOY_SIZE = 2 ** 26
 
 
 class ConfigError(ValueError):
@@ -75,6 +82,8 @@ def check_config(config: ml_collections.ConfigDict,
     Pure: reads no file and compiles nothing. Raises :class:`ConfigError`.
     """
     c = config
+    check_types(c)
+    _check_finite(c)
     _require(_is_int(c.seed) and 0 <= c.seed < MAX_SEED, "seed", c.seed,
              f"an integer in [0, {MAX_SEED})")
     _check_train(c)
@@ -84,6 +93,26 @@ def check_config(config: ml_collections.ConfigDict,
     check_model(c)
     _check_devices(c, len(devices) if devices is not None else jax.device_count(),
                    process_count if process_count is not None else jax.process_count())
+
+
+def check_types(c: ml_collections.ConfigDict) -> None:
+    """The fields of :data:`NUMBER_TUPLES` hold numbers. Also run on the parsed flags
+    (``experiments/run.py``), where a wrong type is an unparsable flag."""
+    for field in NUMBER_TUPLES:
+        value = _lookup(c, field)
+        _require(value is None or (isinstance(value, (tuple, list))
+                                   and all(isinstance(v, (int, float)) for v in value)),
+                 field, value, "a tuple of numbers, e.g. '(0.5, 0.5)'")
+
+
+def _check_finite(c: ml_collections.ConfigDict) -> None:
+    """Every float anywhere in the config (alone or in a tuple) is finite: a NaN or an
+    infinity would otherwise surface only as non-finite metrics after compiling."""
+    for field, value in _flat(c.to_dict()).items():
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            _require(not isinstance(v, float) or math.isfinite(v), field, value,
+                     "finite numbers only (no NaN or infinity)")
 
 
 def _check_train(c: ml_collections.ConfigDict) -> None:
@@ -139,8 +168,16 @@ def _check_net_and_data(c: ml_collections.ConfigDict) -> None:
     if "preset" in c.net and c.data.name != "toy2d":
         _require(c.net.preset in nets.PRESETS, "net.preset", c.net.preset,
                  f"one of {sorted(nets.PRESETS)}")
-    _int_at_least(c, "data.size", 1)
-    _int_at_least(c, "data.eval_size", 1)
+    for field in ("size", "eval_size"):
+        value = c.data[field]
+        _require(_is_int(value) and 1 <= value <= MAX_TOY_SIZE, f"data.{field}", value,
+                 f"an integer in [1, {MAX_TOY_SIZE}] (a 2-D pool is held in memory: "
+                 f"{MAX_TOY_SIZE} points take ~1 GB)")
+    if c.data.name == "toy2d":
+        _require(c.data.target in DENSITIES, "data.target", c.data.target,
+                 f"one of {sorted(DENSITIES)}")
+        _require(not c.data.source or c.data.source in DENSITIES, "data.source", c.data.source,
+                 f"'' (no bridge) or one of {sorted(DENSITIES)}")
     _int_at_least(c, "mesh.model", 1)
     _int_at_least(c, "mesh.shard_min_size", 0)
 
@@ -257,20 +294,56 @@ def _resolved(flat: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def provenance(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The record saved with each checkpoint: the fields a resume must keep
+    (:data:`RESUME_FIXED`), as JSON, for :func:`stored_config_differences`."""
+    now = json.loads(config.to_json_best_effort(sort_keys=True))
+    return {k: now.get(k) for k in RESUME_FIXED}
+
+
 def check_stored_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """A workdir with a ``config.json`` must be resumed with the same model and data."""
-    path = os.path.join(workdir, "config.json")
-    if "://" in workdir or not os.path.exists(path):
+    """A resumed workdir must be resumed with the same model and data fields, as recorded
+    in its ``config.json`` and in its newest checkpoint (which may outlive the former)."""
+    if "://" in workdir:
         return
-    try:
-        with open(path) as f:
-            stored = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} cannot be read ({e}); restore it or use a fresh --workdir")
-    diff = stored_config_differences(config, stored)
-    if diff:
-        raise ConfigError(f"--workdir={workdir} was trained with other model/data fields: "
-                          f"{'; '.join(diff)}. Use the stored values or a fresh --workdir")
+    for source, stored in _stored_records(workdir):
+        diff = stored_config_differences(config, stored)
+        if diff:
+            raise ConfigError(f"--workdir={workdir} was trained with other model/data fields "
+                              f"({source}): {'; '.join(diff)}. Use the stored values or a "
+                              f"fresh --workdir")
+
+
+def _stored_records(workdir: str) -> list[tuple[str, dict]]:
+    """``[(where, stored config)]`` from ``config.json`` and the newest checkpoint's record.
+
+    A missing record is skipped (training rebuilds ``config.json``; a checkpoint's record
+    is verified when it is restored); a ``config.json`` that is not a JSON object is an error.
+    """
+    out = []
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+        except (OSError, ValueError) as e:
+            stored = e
+        if not isinstance(stored, dict):
+            what = stored if isinstance(stored, Exception) else f"a JSON {type(stored).__name__}"
+            raise ConfigError(f"{path} cannot be read as a config ({what}): delete it (training "
+                              f"rebuilds it from the checkpoint's record) or use a fresh --workdir")
+        out.append(("config.json", stored))
+    steps = checkpoint_steps(workdir)
+    if steps:
+        record = os.path.join(workdir, "checkpoints", str(steps[-1]), "config", "metadata")
+        try:
+            with open(record) as f:
+                stored = json.load(f)
+            if isinstance(stored, dict):
+                out.append((f"checkpoint {steps[-1]}", stored))
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def check_data(config: ml_collections.ConfigDict, data: DatasetSpec) -> None:

@@ -204,12 +204,22 @@ class Case:
     model: str
     topology: str
     mesh: str
-    variant: str = ""  # more config variants, e.g. "tiny" (tests)
+    variant: str = ""     # more config variants, e.g. "tiny" (tests)
+    overrides: str = ""   # config fields, e.g. "net.remat=False,net.dtype=bfloat16"
 
     def experiment_config(self) -> ml_collections.ConfigDict:
         variants = ",".join(filter(None, [self.variant, "vdm" if self.model == "vdm" else ""]))
         c = importlib.import_module(f"experiments.{self.config}").get_config(variants)
         c.unlock()
+        for item in filter(None, self.overrides.split(",")):
+            path, value = item.split("=", 1)
+            *parents, leaf = path.split(".")
+            node = c
+            for p in parents:
+                node = node[p]
+            old = node[leaf]  # the value takes the field's type; an unknown field raises
+            node[leaf] = (value.lower() == "true" if isinstance(old, bool)
+                          else type(old)(value) if isinstance(old, (int, float)) else value)
         c.mesh.model = 1 if self.mesh == "zero" else int(self.mesh)
         c.mesh.state_over_data = self.mesh == "zero"
         c.lock()
@@ -218,10 +228,11 @@ class Case:
     def command(self) -> str:
         return (f"python -m benchmarks.scale --configs={self.config} --models={self.model} "
                 f"--topologies={self.topology} --meshes={self.mesh}"
-                + (f" --variant={self.variant}" if self.variant else ""))
+                + (f" --variant={self.variant}" if self.variant else "")
+                + (f" --overrides={self.overrides}" if self.overrides else ""))
 
     def key(self) -> tuple[str, ...]:
-        return (self.config, self.model, self.topology, self.mesh, self.variant)
+        return (self.config, self.model, self.topology, self.mesh, self.variant, self.overrides)
 
 
 def shard_gib(tree: Any, shardings: Any) -> float:
@@ -302,7 +313,7 @@ def measure(case: Case, hlo_dir: Optional[str] = None) -> dict[str, Any]:
 
 
 def cases(configs: Iterable[str], models: Iterable[str], topologies: Iterable[str],
-          meshes: Iterable[str], variant: str = "") -> list[Case]:
+          meshes: Iterable[str], variant: str = "", overrides: str = "") -> list[Case]:
     """Every combination whose mesh divides the slice and whose batch the data axis."""
     out = []
     for config in configs:
@@ -314,21 +325,31 @@ def cases(configs: Iterable[str], models: Iterable[str], topologies: Iterable[st
                 m = 1 if mesh == "zero" else int(mesh)
                 if devices % m or batch % (devices // m):
                     continue
-                out.extend(Case(config, model, topology, mesh, variant) for model in models)
+                out.extend(Case(config, model, topology, mesh, variant, overrides)
+                           for model in models)
     return out
 
 
 # ---------------------------------------------------------------- the table
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one line per row, with the NFDM/VDM ratio of per-chip memory."""
-    vdm = {(r["config"], r["topology"], r["mesh"]): r for r in rows if r["model"] == "vdm"}
-    lines = ["| config | model | slice | chips | mesh | batch/chip | params+EMA+opt GiB | "
-             "temp GiB | total GiB / HBM | ×VDM | TFLOP/chip | ICI GiB | est. step s | bound "
-             "| chip-hours |", "|" + "---|" * 15]
+def table(rows: list[dict[str, Any]], compact: bool = False) -> str:
+    """Markdown: one line per row, with the NFDM/VDM ratio of per-chip memory; ``compact``:
+    only the planning columns (README.md)."""
+    def name(r: dict[str, Any]) -> str:
+        return (r["config"] + (f":{r['variant']}" if r.get("variant") else "")
+                + (f" {r['overrides']}" if r.get("overrides") else ""))
+
+    vdm = {(name(r), r["topology"], r["mesh"]): r for r in rows if r["model"] == "vdm"}
+    if compact:
+        lines = ["| config | model | slice (chips) | mesh | batch/chip | memory/chip GiB / HBM "
+                 "| est. step s | chip-hours |", "|" + "---|" * 8]
+    else:
+        lines = ["| config | model | slice | chips | mesh | batch/chip | params+EMA+opt GiB | "
+                 "temp GiB | total GiB / HBM | ×VDM | TFLOP/chip | ICI GiB | est. step s "
+                 "| bound | chip-hours |", "|" + "---|" * 15]
     for r in rows:
-        ref = vdm.get((r["config"], r["topology"], r["mesh"]))
+        ref = vdm.get((name(r), r["topology"], r["mesh"]))
         ratio = (f"{r['total'] / ref['total']:.2f}" if ref and r["model"] != "vdm"
                  and r.get("total") and ref.get("total") else "")
         mesh = "zero" if r["mesh"] == "zero" else f"{r['data']}×{r['model_axis']}"
@@ -338,7 +359,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         if not r["fits"]:
             total = f"**{total}** (does not fit)"
         f = lambda k, p: f"{r[k]:.{p}f}" if k in r else "–"  # noqa: E731
-        lines.append(f"| {r['config']} | {r['model']} | {r['topology']} | {r['chips']} | {mesh} "
+        if compact:
+            lines.append(f"| {name(r)} | {r['model']} | {r['topology']} ({r['chips']}) | {mesh} "
+                         f"| {r['batch_per_chip']} | {total} | {f('est_step_s', 3)} "
+                         f"| {f('chip_hours', 0)} |")
+            continue
+        lines.append(f"| {name(r)} | {r['model']} | {r['topology']} | {r['chips']} | {mesh} "
                      f"| {r['batch_per_chip']} | {state:.2f} | {f('temp', 1)} | {total} | {ratio} "
                      f"| {f('tflop', 1)} | {f('ici_gib', 2)} | {f('est_step_s', 3)} "
                      f"| {r.get('bound', '–')} | {f('chip_hours', 0)} |")
@@ -346,7 +372,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def _key(row: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(row.get(k, "") for k in ("config", "model", "topology", "mesh", "variant"))
+    return tuple(row.get(k, "") for k in ("config", "model", "topology", "mesh", "variant",
+                                          "overrides"))
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
@@ -362,9 +389,11 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
 def _define_flags() -> None:
     """The CLI's flags, defined only when run as a script (see benchmarks.train_step)."""
-    global _CONFIGS, _VARIANT, _MODELS, _TOPOLOGIES, _MESHES, _JSON, _HLO_DIR, _TABLE, _REDO
+    global _CONFIGS, _VARIANT, _OVERRIDES, _MODELS, _TOPOLOGIES, _MESHES, _JSON, _HLO_DIR
+    global _TABLE, _COMPACT, _REDO
     _CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), "experiments/<name>.py configs.")
     _VARIANT = flags.DEFINE_string("variant", "", "Config variants, e.g. tiny (tests).")
+    _OVERRIDES = flags.DEFINE_string("overrides", "", "Config fields, e.g. net.remat=False.")
     _MODELS = flags.DEFINE_list("models", ["nfdm", "vdm"], "nfdm and/or vdm (the :vdm variant).")
     _TOPOLOGIES = flags.DEFINE_list("topologies", list(TOPOLOGIES), "TPU slices, e.g. v5p:2x2x4.")
     _MESHES = flags.DEFINE_list("meshes", ["1", "2", "4", "zero"],
@@ -373,6 +402,7 @@ def _define_flags() -> None:
                                 "Append rows here; cases already in it are skipped.")
     _HLO_DIR = flags.DEFINE_string("hlo_dir", None, "Keep each compiled HLO here (gzip).")
     _TABLE = flags.DEFINE_string("table", None, "Only print the table of these rows.")
+    _COMPACT = flags.DEFINE_bool("compact", False, "--table: the planning columns only.")
     _REDO = flags.DEFINE_bool("redo", False, "Measure cases already in --json again.")
 
 
@@ -380,13 +410,13 @@ def main(_) -> None:
     logging.get_absl_handler().addFilter(runtime.quiet_backend_probe)
     runtime.enable_compilation_cache()  # a rerun of a row (e.g. after --redo) loads it
     if _TABLE.value:
-        print(table(read_rows(_TABLE.value)))
+        print(table(read_rows(_TABLE.value), _COMPACT.value))
         return
     done = ({_key(r) for r in read_rows(_JSON.value)}
             if os.path.exists(_JSON.value) and not _REDO.value else set())
     rows = []
     for case in cases(_CONFIGS.value, _MODELS.value, _TOPOLOGIES.value, _MESHES.value,
-                      _VARIANT.value):
+                      _VARIANT.value, _OVERRIDES.value):
         if case.key() in done:
             continue
         logging.info("compiling %s", case.command())

@@ -69,8 +69,8 @@ def test_cases_keep_meshes_that_divide_the_slice_and_the_batch():
     assert "--meshes=zero" in found[-1].command()
 
 
-def _tiny_image_config(model_axis=1, zero=False):
-    c = imagenet64.get_config("tiny")
+def _config(module, model_axis=1, zero=False):
+    c = module.get_config("tiny")
     c.unlock()
     c.mesh.model, c.mesh.state_over_data, c.mesh.shard_min_size = model_axis, zero, 0
     c.lock()
@@ -84,14 +84,25 @@ def _compiled_collectives(config):
     return scale.collectives(hlo, s.mesh.devices.shape), params
 
 
-def test_data_parallel_step_reduces_only_gradients_and_metrics():
-    """The ImageNet-64 code path's tiny U-Net NFDM on 8 devices, mesh.model = 1: nothing but
-    all-reduces over 'data', of the gradients (the parameters' bytes) and of the scalar
-    metrics; no all-gather of activations or parameters."""
-    found, params = _compiled_collectives(_tiny_image_config())
+def _assert_only_gradient_and_metric_all_reduces(found, params):
+    """All-reduces over 'data' only: no all-gather of activations or parameters. XLA:CPU
+    reduces each use's partial gradient of a parameter on its own (the forward net's, used
+    several times under jvp, up to 1.9× the parameters' bytes) where XLA:TPU adds them
+    first and reduces once (1.003×, benchmarks/README.md), hence the CPU bound of 2×."""
     assert [(c["kind"], c["axis"]) for c in found] == [("all-reduce", "data")]
-    # The gradients, plus a few float32 scalars: the loss terms and the metrics.
-    assert params <= found[0]["bytes"] <= params + 64 * 4
+    assert params <= found[0]["bytes"] <= 2 * params
+
+
+def test_data_parallel_step_reduces_only_gradients_and_metrics(toy_config):
+    """The 2-D NFDM step on 8 devices, mesh.model = 1 (the U-Net's: the slow test below)."""
+    _assert_only_gradient_and_metric_all_reduces(*_compiled_collectives(toy_config()))
+
+
+@pytest.mark.slow  # the tiny U-Net NFDM step's 8-device compile: 2-5 min on 2 shared cores
+def test_imagenet64_data_parallel_step_reduces_only_gradients_and_metrics():
+    """The ImageNet-64 code path's tiny U-Net NFDM on 8 devices, mesh.model = 1."""
+    _assert_only_gradient_and_metric_all_reduces(
+        *_compiled_collectives(_config(imagenet64)))
 
 
 def test_zero_state_is_sharded_over_data_and_parameters_are_not(toy_config):
@@ -107,9 +118,29 @@ def test_zero_state_is_sharded_over_data_and_parameters_are_not(toy_config):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu")
-@pytest.mark.slow  # one TPU compile of the tiny U-Net: ~2 min on 2 cores
+@pytest.mark.slow  # one TPU compile of the tiny U-Net: 2-8 min on 2 shared cores
 def test_tiny_row_on_a_v5p_slice():
+    """XLA:TPU's data-parallel step: one all-reduce of the gradients (the parameters' bytes,
+    within 1 %: the metrics are scalars), memory and a roofline time."""
     row = scale.measure(scale.Case("imagenet64", "nfdm", "v5p:2x2x1", "1", variant="tiny"))
-    assert row["chips"] == 4 and row["fits"] and row["total"] > row["temp"] > 0
-    assert [(c["kind"], c["axis"]) for c in row["collectives"]] == [("all-reduce", "data")]
+    assert row["chips"] == 4 and row["batch_per_chip"] == 2 and row["fits"]
+    assert row["total"] > row["temp"] > 0
+    (reduce,) = row["collectives"]
+    assert (reduce["kind"], reduce["axis"]) == ("all-reduce", "data")
+    assert row["params"] * 4 <= reduce["bytes"] <= row["params"] * 4 * 1.01
     assert row["est_step_s"] > 0 and row["chip_hours"] > 0
+
+
+def test_table_shows_the_memory_ratio_and_rows_that_do_not_fit():
+    base = {"config": "imagenet64", "topology": "v5p:2x2x4", "mesh": "1", "data": 16,
+            "model_axis": 1, "chips": 16, "batch_per_chip": 128, "hbm": 95.0, "params_gib": 1.0,
+            "ema_gib": 1.0, "opt_gib": 2.0}
+    rows = [base | {"model": "nfdm", "fits": True, "total": 42.0, "temp": 36.0,
+                    "est_step_s": 1.5, "chip_hours": 100.0},
+            base | {"model": "vdm", "fits": True, "total": 20.0, "temp": 14.0},
+            base | {"model": "nfdm", "topology": "v5p:2x2x1", "fits": False, "temp": 263.55}]
+    lines = scale.table(rows).splitlines()
+    assert "| 2.10 |" in lines[2] and "42.0 / 95" in lines[2]
+    assert "**> 264 / 95** (does not fit)" in lines[4]
+    compact = scale.table(rows, compact=True).splitlines()
+    assert compact[2].startswith("| imagenet64 | nfdm | v5p:2x2x4 (16) | 16×1 | 128 | 42.0 / 95")

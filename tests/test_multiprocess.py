@@ -2,6 +2,7 @@
 train, save, resume; both processes hold the same parameters; their data rows are disjoint;
 a SIGTERM to one process makes both save the same step (JAX's pre-emption sync).
 Subprocess tests: marked slow (``pytest -m slow``)."""
+import collections.abc
 import json
 import os
 import re
@@ -131,14 +132,13 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 address, pid, processes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 workdir, out = sys.argv[4], sys.argv[5]
 jax.distributed.initialize(address, num_processes=processes, process_id=pid)
-import tensorflow_datasets as tfds
 from nfdm_jax.data import BatchIterator
 from nfdm_jax.train import Checkpointer, experiment, loop
 sys.path.insert(0, "tests")
-from test_multiprocess import imagenet_config
+from test_multiprocess import imagenet_config, mock_imagenet64
 
 config = imagenet_config()
-with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+with mock_imagenet64():
     exp = experiment.setup(config)
     it = BatchIterator(exp.data.train, config.train.batch_size, exp.mesh, config.seed)
     print("ROWS", json.dumps([it.local_indices(0, s).tolist() for s in range(3)]), flush=True)
@@ -155,6 +155,29 @@ print("RESULT", json.dumps({"resumed_from": resumed_from,
 """
 
 IMAGENET_STEPS = 8
+
+
+class MockImages(collections.abc.Sequence):
+    """A 64×64 ImageNet split: example i is a fixed random image, the same in every process."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng(int(index))
+        return {"image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)}
+
+
+def mock_imagenet64(size=64):
+    """``tfds.data_source("downsampled_imagenet/64x64", ...)`` reads :class:`MockImages`
+    (tfds' own mock draws images of random sizes)."""
+    import tensorflow_datasets as tfds
+
+    return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                                  as_data_source_fn=lambda builder, split, **kw: MockImages(size))
 
 
 def imagenet_config():
@@ -195,7 +218,6 @@ def test_imagenet64_four_hosts_killed_resume_on_two_equals_uninterrupted(tmp_pat
     as 2 processes × 4 devices, resume from the newest checkpoint and end where an
     uninterrupted 8-device run ends. Each process reads only its own rows of each batch."""
     import jax
-    import tensorflow_datasets as tfds
     from nfdm_jax.train import experiment, loop
 
     rtol, atol = sharding_tolerance
@@ -231,7 +253,7 @@ def test_imagenet64_four_hosts_killed_resume_on_two_equals_uninterrupted(tmp_pat
     assert [r["step"] for r in results] == [IMAGENET_STEPS] * 2
 
     config = imagenet_config()
-    with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+    with mock_imagenet64():
         reference = loop.train(config, str(tmp_path / "ref"), jax.devices())
         exp = experiment.setup(config, jax.devices()[:1])
     expected = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(reference.params))]

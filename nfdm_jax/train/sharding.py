@@ -7,9 +7,10 @@ The mesh has axes ``("data", "model")``. Batches are split over ``"data"``. Para
 plain data parallelism.
 
 ``mesh.state_over_data`` (ZeRO-1 style) also shards the EMA and the optimiser state over
-``"data"``: each device keeps and updates 1/data of them. The gradient all-reduce becomes
-a reduce-scatter and the updated parameters are all-gathered: the same bytes over the
-interconnect as the all-reduce, for 3/4 of the state's memory (``benchmarks/scale.py``).
+``"data"``: each device keeps and updates 1/data of them, which are 3/4 of the state. The
+parameters stay replicated, so the updated ones are all-gathered; XLA can fuse that with the
+gradient all-reduce into a reduce-scatter and an all-gather, in a ring the same bytes as the
+all-reduce alone (``benchmarks/scale.py`` measures what a compiled step does).
 """
 from __future__ import annotations
 

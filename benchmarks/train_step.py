@@ -265,7 +265,8 @@ def _define_flags() -> None:
     """The CLI's flags, defined only when run as a script: importing this module (the tests
     do, next to experiments.run, which owns --config too) must not define absl flags."""
     global _CONFIG, _MEASURE, _COMPARE_VDM, _MIN_TIME, _MIN_STEPS, _PEAK, _JSON, _TOPOLOGY
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.",
+                                              lock_config=True)
     _MEASURE = flags.DEFINE_enum("measure", "time", ["flops", "memory", "time"],
                                  "flops: lowering only; memory: + compile; time: + run.")
     _COMPARE_VDM = flags.DEFINE_bool("compare_vdm", True, "Also benchmark the config's :vdm.")

@@ -42,7 +42,8 @@ rows = [it.local_indices(0, s).tolist() for s in range(3)]
 it.close()
 # Parameters are replicated: every process holds a full copy on its first local device.
 leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
-print("RESULT", json.dumps({"resumed_from": resumed_from, "step": int(state.step.addressable_data(0)), "rows": rows,
+print("RESULT", json.dumps({"resumed_from": resumed_from,
+                            "step": int(state.step.addressable_data(0)), "rows": rows,
                             "digest": float(sum(np.abs(l).sum() for l in leaves)),
                             "devices": [jax.local_device_count(), jax.device_count()]}))
 """

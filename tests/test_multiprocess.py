@@ -3,6 +3,7 @@ train, save, resume; both processes hold the same parameters; their data rows ar
 a SIGTERM to one process makes both save the same step (JAX's pre-emption sync).
 Subprocess tests: marked slow (``pytest -m slow``)."""
 import collections.abc
+import contextlib
 import json
 import os
 import re
@@ -194,16 +195,25 @@ def imagenet_config():
     return config
 
 
-def start_job(processes, workdir, out, logs):
-    """``processes`` worker processes sharing 8 fake CPU devices, joined by gloo."""
+@contextlib.contextmanager
+def job(processes, workdir, out, logs):
+    """``processes`` worker processes sharing 8 fake CPU devices, joined by gloo; any still
+    running at the end (a failed test) are killed."""
     address = f"localhost:{free_port()}"
     env = dict(os.environ, PYTHONPATH=REPO,
                XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}")
-    return [subprocess.Popen([sys.executable, "-c", IMAGENET_WORKER, address, str(pid),
-                              str(processes), str(workdir), str(out)], cwd=REPO, env=env,
-                             stdout=open(f"{logs}.{processes}.{pid}.out", "w"),
-                             stderr=open(f"{logs}.{processes}.{pid}.err", "w"))
-            for pid in range(processes)]
+    procs = [subprocess.Popen([sys.executable, "-c", IMAGENET_WORKER, address, str(pid),
+                               str(processes), str(workdir), str(out)], cwd=REPO, env=env,
+                              stdout=open(f"{logs}.{processes}.{pid}.out", "w"),
+                              stderr=open(f"{logs}.{processes}.{pid}.err", "w"))
+             for pid in range(processes)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def committed_steps(workdir):
@@ -223,19 +233,19 @@ def test_imagenet64_four_hosts_killed_resume_on_two_equals_uninterrupted(tmp_pat
 
     rtol, atol = sharding_tolerance
     workdir, logs = tmp_path / "w", str(tmp_path / "log")
-    procs = start_job(4, workdir, tmp_path / "p4.npz", logs)
-    deadline = time.time() + 900
-    while not committed_steps(workdir):
-        assert time.time() < deadline and all(p.poll() is None for p in procs), \
-            open(f"{logs}.4.0.err").read()[-3000:]
-        time.sleep(0.5)
-    procs[1].kill()  # SIGKILL: no handler, no final checkpoint
-    for p in procs:  # the survivors wait on the dead peer's collectives, or exit
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    with job(4, workdir, tmp_path / "p4.npz", logs) as procs:
+        deadline = time.time() + 900
+        while not committed_steps(workdir):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), \
+                open(f"{logs}.4.0.err").read()[-3000:]
+            time.sleep(0.5)
+        procs[1].kill()  # SIGKILL: no handler, no final checkpoint
+        for p in procs:  # the survivors wait on the dead peer's collectives, or exit
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     killed_at = committed_steps(workdir)
     assert killed_at and killed_at[-1] < IMAGENET_STEPS, killed_at
     rows = [json.loads(open(f"{logs}.4.{pid}.out").read().split("ROWS", 1)[1].split("\n")[0])
@@ -244,11 +254,11 @@ def test_imagenet64_four_hosts_killed_resume_on_two_equals_uninterrupted(tmp_pat
         assert sorted(len(r[s]) for r in rows) == [2, 2, 2, 2]
         assert len(set().union(*(r[s] for r in rows))) == 8
 
-    procs = start_job(2, workdir, tmp_path / "p2.npz", logs)
-    results = []
-    for pid, p in enumerate(procs):
-        assert p.wait(timeout=900) == 0, open(f"{logs}.2.{pid}.err").read()[-3000:]
-        results.append(json.loads(open(f"{logs}.2.{pid}.out").read().split("RESULT", 1)[1]))
+    with job(2, workdir, tmp_path / "p2.npz", logs) as procs:
+        results = []
+        for pid, p in enumerate(procs):
+            assert p.wait(timeout=900) == 0, open(f"{logs}.2.{pid}.err").read()[-3000:]
+            results.append(json.loads(open(f"{logs}.2.{pid}.out").read().split("RESULT", 1)[1]))
     assert [r["devices"] for r in results] == [[4, 8], [4, 8]]
     assert [r["resumed_from"] for r in results] == [killed_at[-1]] * 2
     assert [r["step"] for r in results] == [IMAGENET_STEPS] * 2

@@ -76,9 +76,17 @@ def aot_devices(topology: str) -> list[Any]:
     ``jax[tpu]`` pins for this JAX version."""
     from jax.experimental import topologies
 
+    # libtpu's lock file keeps two processes off one TPU; a compile-only client opens none,
+    # and the lock would stop a second compile (or a test) while a sweep runs.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     bounds = [int(v) for v in topology.split(":")[-1].split("x")]
     # A slice smaller than one host (one chip) needs its own host bounds.
-    kwargs = {"chips_per_host_bounds": tuple(bounds)} if np.prod(bounds) == 1 else {}
+    kwargs: dict[str, Any] = ({"chips_per_host_bounds": tuple(bounds)} if np.prod(bounds) == 1
+                              else {})
+    if topology.startswith("v4"):
+        # JAX drives a v4 chip's two TensorCores as one device (megacore), as v5p's; the
+        # compile-only topology would otherwise show one device per TensorCore.
+        kwargs["chip_config_name"] = "megacore"
     try:
         return list(topologies.get_topology_desc(topology, "tpu", **kwargs).devices)
     except Exception as e:  # the plugin's own errors are opaque: say what is needed
@@ -107,8 +115,7 @@ class Step:
         example = {f: np.zeros((1,) + self.shape, dtype) for f in fields}
         self.init = lambda key: training.init(key, example)  # noqa: E731
         abstract = jax.eval_shape(self.init, jax.random.PRNGKey(0))
-        self.state_shardings = sharding.tree_shardings(self.mesh, abstract,
-                                                       config.mesh.shard_min_size)
+        self.state_shardings = sharding.state_shardings(config, self.mesh, abstract)
         self.batch_sharding = sharding.batch_sharding(self.mesh, True)
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
@@ -258,7 +265,8 @@ def _define_flags() -> None:
     """The CLI's flags, defined only when run as a script: importing this module (the tests
     do, next to experiments.run, which owns --config too) must not define absl flags."""
     global _CONFIG, _MEASURE, _COMPARE_VDM, _MIN_TIME, _MIN_STEPS, _PEAK, _JSON, _TOPOLOGY
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.",
+                                              lock_config=True)
     _MEASURE = flags.DEFINE_enum("measure", "time", ["flops", "memory", "time"],
                                  "flops: lowering only; memory: + compile; time: + run.")
     _COMPARE_VDM = flags.DEFINE_bool("compare_vdm", True, "Also benchmark the config's :vdm.")

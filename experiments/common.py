@@ -109,6 +109,7 @@ def base_config() -> ConfigDict:
     c.mesh = ConfigDict()
     c.mesh.model = 1               # size of the 'model' (parameter-sharding) axis
     c.mesh.shard_min_size = 2 ** 18  # parameters with fewer elements are replicated
+    c.mesh.state_over_data = False   # ZeRO-1: EMA and Adam moments also sharded over 'data'
     return c
 
 

@@ -45,12 +45,12 @@ def one_device(toy_config):
     return run_steps(toy_config(**SHARDING), jax.devices()[:1], 3)
 
 
-@pytest.mark.parametrize("model_axis", [1, 2], ids=["mesh8x1", "mesh4x2"])
-def test_sharded_matches_single_device(one_device, model_axis, toy_config,
-                                       sharding_tolerance):
+@pytest.mark.parametrize("mesh", [{"mesh.model": 1}, {"mesh.model": 2},
+                                  {"mesh.state_over_data": True}],
+                         ids=["mesh8x1", "mesh4x2", "zero8x1"])
+def test_sharded_matches_single_device(one_device, mesh, toy_config, sharding_tolerance):
     rtol, atol = sharding_tolerance
-    losses, params, jitted = run_steps(toy_config(**SHARDING, **{"mesh.model": model_axis}), jax.devices(),
-                                       3)
+    losses, params, jitted = run_steps(toy_config(**SHARDING, **mesh), jax.devices(), 3)
     np.testing.assert_allclose(losses, one_device[0], rtol=rtol)
     chex.assert_trees_all_close(params, one_device[1], rtol=rtol, atol=atol)
     assert jitted._cache_size() == 1  # three dispatches, one compilation

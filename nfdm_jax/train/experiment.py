@@ -56,7 +56,7 @@ def setup(config: ml_collections.ConfigDict,
     training = steps.training(config, model)
     example = {f: np.stack([s[0]["x"]]) for f, s in data.train.items()}
     abstract = jax.eval_shape(lambda key: training.init(key, example), jax.random.PRNGKey(0))
-    shardings = sharding.tree_shardings(mesh, abstract, config.mesh.shard_min_size)
+    shardings = sharding.state_shardings(config, mesh, abstract)
     return Experiment(config, data, mesh, model, training, abstract, shardings, example)
 
 

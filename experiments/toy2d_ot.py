@@ -12,11 +12,11 @@ Meant for: one CPU; 18 000 steps, 3× the NFDM default, because the penalty slow
 the marginals (``reports/few_step``).
 
 Measured by ``python -m experiments.few_step_report`` at the fidelity report's 2-D budget
-(MLPs 128 wide, Adam 3e-3 decayed to 0, EMA 0.999; 2 seeds): energy distance² to the ring
-0.0048 / 0.0039 / 0.0041 / 0.0044 / 0.0048 at Euler NFE 1 / 2 / 4 / 8 / 64 after 18 000
-steps, the best of the four models at NFE 1–4 (flow matching's best at NFE 4: 0.012 with
-Heun; its limit 0.0022), held-out NELBO 2.92 nats; after 6 000 steps 0.011 / 0.012 / 0.014
-/ 0.016 / 0.018, still biased. Expected: samples on the eight modes from 1–4 Euler steps.
+(MLPs 128 wide, Adam 3e-3 decayed to 0, EMA 0.999): energy distance² to the ring 0.0054 /
+0.0043 / 0.0041 / 0.0041 / 0.0042 at Euler NFE 1 / 2 / 4 / 8 / 64 after 18 000 steps (2 seeds),
+the best of the four models at NFE 1–4 (flow matching's best at NFE 4: 0.012 with Heun; its
+limit 0.0022), held-out NELBO 2.96 nats; after 6 000 steps (3 seeds) 0.0077 / 0.0058 /
+0.0063 / 0.0069 / 0.0076. Expected: samples on the eight modes from 1–4 Euler steps.
 """
 from experiments import common
 from experiments.toy2d import measure_data_stats, toy_defaults

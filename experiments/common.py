@@ -79,7 +79,6 @@ def base_config() -> ConfigDict:
     o.warmup_steps = 45_000
     o.b1 = 0.9
     o.b2 = 0.999
-    o.eps = 1e-8
     o.clip_norm = 1.0              # max global gradient norm (nfdm_jax.train.optimizer)
     o.ema_decay = 0.9999
 

@@ -174,4 +174,3 @@ def generative_drift(forward: ForwardFn, predictor: Predictor,
         return reverse_drift(m_hat, z, volatility(t))
 
     return drift
-

@@ -122,8 +122,7 @@ def _neural(p: Pieces, straight: bool = False) -> forward.ForwardFn:
     return forward.neural_forward(lambda x, t: p.net(x, t, None), p.delta, straight)
 
 
-# NFDM-OT: untrained, the straight path (flow matching's ODE); δ^(1 − t) would make every
-# ODE path accelerate by (log δ)² z, which the penalty cannot remove (reports/few_step).
+# NFDM-OT starts on the straight path: under δ^(1 − t) every ODE path accelerates by (log δ)² z.
 _neural_straight = functools.partial(_neural, straight=True)
 
 
@@ -180,7 +179,7 @@ MODELS: dict[str, ModelSpec] = {
     # The control: the same process with its network held at 0 (nothing learned in q).
     "nfdm_frozen": ModelSpec(_frozen, _nelbo, _ALL_G, _PRED),
     # NFDM-OT (SPEC §1.4): the NELBO + λ · the ODE's curvature, on the straight base path.
-    # σ held: 2–3× closer to the ring at every NFE than learned (reports/few_step).
+    # σ held: 1.5–2.3× closer to the ring than learned at 6 000 steps (reports/few_step).
     "nfdm_ot": ModelSpec(_neural_straight, _nfdm_ot, _ALL_G, _PRED, base=_straight,
                          forward_net=True, sigma="base"),
     # The neural bridge (SPEC §1.5): L_diff + L_rec (+ obstacle).

@@ -85,8 +85,8 @@ def straight_matched(delta: float, min_gap: float = 1e-4) -> Volatility:
 
     def g2(t: Array) -> Array:
         sigma = t + (1.0 - t) * delta
-        return 2.0 * sigma * (1.0 - delta) + 2.0 * jnp.square(sigma) / jnp.maximum(1.0 - t,
-                                                                                    min_gap)
+        return 2.0 * sigma * (1.0 - delta) + 2.0 * jnp.square(sigma) / jnp.maximum(
+            1.0 - t, min_gap)
 
     return g2
 

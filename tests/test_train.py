@@ -4,7 +4,6 @@ incompatible and corrupt checkpoints."""
 import json
 import os
 import shutil
-import types
 
 import chex
 import jax

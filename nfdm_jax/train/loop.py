@@ -7,7 +7,6 @@ checkpoint in the workdir, runs jitted steps without host synchronisation except
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -22,7 +21,6 @@ from jax.experimental import multihost_utils
 
 from nfdm_jax import decoders, evaluation, ops, plotting
 from nfdm_jax.data import BatchIterator, DatasetSpec, eval_batches
-from nfdm_jax.models import Model
 from nfdm_jax.train import generate, quality, step as steps, validation, workdir_lock
 from nfdm_jax.train.experiment import SAMPLE, TRAIN, EVAL, Experiment, create_state, setup
 from nfdm_jax.train.checkpointing import CheckpointError, Checkpointer, CorruptCheckpoint
@@ -231,8 +229,8 @@ def _outputs(workdir: str, checkpoints: str, step: int, samples: bool) -> dict[s
 
 
 def from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,
-                 fn: Callable[[Experiment, Any, int], Any],
-                 data: Optional[DatasetSpec] = None) -> Any:
+                fn: Callable[[Experiment, Any, int], Any],
+                data: Optional[DatasetSpec] = None) -> Any:
     """``fn(experiment, ema_params, step)`` on the newest checkpoint in ``workdir`` that
     verifies, read without changing anything under ``checkpoints/`` (a training run may be
     writing it: :class:`Checkpointer` with ``read_only``)."""
@@ -274,4 +272,4 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str,
                data: Optional[DatasetSpec] = None) -> str:
     """Samples from the latest checkpoint's EMA parameters; returns the .npz path."""
     return from_latest(config, workdir, "sample from",
-                        lambda exp, params, step: sample(exp, params, workdir, step), data)
+                       lambda exp, params, step: sample(exp, params, workdir, step), data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+
 def learning_rate(o: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to ``o.lr`` over ``o.warmup_steps``, then constant or linear
     decay to 0 at ``num_steps`` (``o.schedule``: ``"constant"`` | ``"polynomial"``)."""
@@ -22,7 +23,7 @@ def learning_rate(o: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
 
 def make_optimizer(o: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
     """Clip the gradient's norm over *all* parameters to ``o.clip_norm``, then Adam on
-    :func:`learning_rate`'s schedule (no weight decay: no config used any).
+    :func:`learning_rate`'s schedule (optax's ε = 1e-8; no weight decay: no config used any).
 
     One global norm: when one network's gradient is large (NFDM's forward network has 2–4×
     the predictor's), every network's step shrinks with it. Clipping each network's norm on
@@ -30,4 +31,4 @@ def make_optimizer(o: ml_collections.ConfigDict, num_steps: int) -> optax.Gradie
     on the digits (reports/README.md, "What was tried and removed").
     """
     return optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                       optax.adam(learning_rate(o, num_steps), o.b1, o.b2, o.eps))
+                       optax.adam(learning_rate(o, num_steps), o.b1, o.b2))

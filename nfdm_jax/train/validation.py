@@ -137,7 +137,6 @@ def _check_optim(c: ml_collections.ConfigDict) -> None:
     for field in ("b1", "b2", "ema_decay"):
         v = o[field]
         _require(_is_real(v) and 0 <= v < 1, f"optim.{field}", v, "a number in [0, 1)")
-    _require(_is_real(o.eps) and o.eps > 0, "optim.eps", o.eps, "a finite number > 0")
     _require(_is_real(o.clip_norm) and o.clip_norm > 0, "optim.clip_norm", o.clip_norm,
              "a finite number > 0 (the global-norm clipping threshold)")
 

@@ -205,7 +205,9 @@ def main(argv: list[str]) -> None:
     logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     status = execute(config, workdir, _MODE.value, debug=_DEBUG.value)
-    signal.signal(signal.SIGTERM, exit_on_sigterm(status))  # during the interpreter's exit
+    # The work is done: ignore a late SIGTERM. Python's finalization resets a Python handler
+    # to the default (death by the signal, status 143) but leaves SIG_IGN in place.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(status)
 
 

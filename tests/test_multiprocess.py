@@ -222,10 +222,6 @@ def committed_steps(workdir):
 
 
 @pytest.mark.slow  # three tiny U-Net compiles (4, 2 and 1 processes): ~12 min on 2 cores
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    "issue 24, open: after the 4 -> 2 process resume 14 of 16 values of a parameter differ "
-    "from the uninterrupted 8-device run by up to 3x relative (measured 2026-12-07); the "
-    "2-process tests on the 2-D data pass"))
 def test_imagenet64_four_hosts_killed_resume_on_two_equals_uninterrupted(tmp_path,
                                                                          sharding_tolerance):
     """4 processes × 2 devices train the ImageNet-64 path; one is killed with SIGKILL after

@@ -2,10 +2,13 @@
 
 Training: each field has one infinite ``grain.MapDataset`` stream of positions into its
 source, ``range(n).shuffle(seed_f).repeat()`` (a fresh permutation per epoch), and the
-global batch of step ``s`` is the examples at the stream's elements ``[s·B, (s+1)·B)``: a
-pure function of (seed, s), whatever the number of processes. A process keeps every P-th
-element (``stream[p::P]``, grain's sharding), batches them and reads its examples in one
-``map``, so processes read disjoint examples and only their own;
+global batch of step ``s`` is the examples at the stream's elements ``[s·B, (s+1)·B)``,
+row for row: a pure function of (seed, s), whatever the number of processes. Process p of
+P holds rows ``[p·B/P, (p+1)·B/P)``: it batches the stream B/P at a time and keeps every
+P-th batch (``batch(B/P)[p::P]``; sharding the elements first, ``[p::P]``, would give a
+process every P-th row and change which example sits in which row, and so its t and ε,
+with P). It reads its examples in one ``map``, so processes read disjoint examples and
+only their own;
 :func:`jax.make_array_from_process_local_data` then assembles the global array with no
 cross-host traffic. grain's thread pool reads ahead (``prefetch`` dispatches).
 
@@ -58,6 +61,14 @@ def index_stream(length: int, seed: int, field_index: int) -> grain.MapDataset:
     """The infinite stream of positions into one field's source: epoch after epoch, each a
     fresh permutation (grain's ``shuffle`` then ``repeat``)."""
     return grain.MapDataset.range(length).shuffle(seed=field_seed(seed, field_index)).repeat()
+
+
+def local_positions(length: int, seed: int, field_index: int, shard: tuple[int, int],
+                    local: int) -> grain.MapDataset:
+    """Element s: the positions ``[local]`` of process ``shard = (p, P)``'s rows of step s,
+    the global batch's rows ``[p·local, (p+1)·local)``."""
+    index, count = shard
+    return index_stream(length, seed, field_index).batch(local)[index::count]
 
 
 def gather(source: Source, indices: np.ndarray) -> np.ndarray:
@@ -113,9 +124,8 @@ class BatchIterator:
         per-element cost (~20-30 µs here, most of it the index shuffle) would otherwise be
         paid again per example for the read, and the read is one vectorised ``take``.
         """
-        index, count = self._shard
-        local = self._rows.stop - self._rows.start
-        positions = index_stream(len(source), self.seed, field_index)[index::count].batch(local)
+        positions = local_positions(len(source), self.seed, field_index, self._shard,
+                                    self._rows.stop - self._rows.start)
         return positions.map(lambda indices: gather(source, indices))
 
     @property
@@ -133,8 +143,9 @@ class BatchIterator:
 
     def local_indices(self, field_index: int, step: int) -> np.ndarray:
         """Positions in the field's source of this process's rows of ``step``."""
-        index, count = self._shard
-        return self.global_indices(field_index, step)[index::count]
+        n = len(list(self.sources.values())[field_index])
+        return np.asarray(local_positions(n, self.seed, field_index, self._shard,
+                                          self._rows.stop - self._rows.start)[step])
 
     def __iter__(self) -> Iterator[Batch]:
         return self

@@ -8,6 +8,7 @@ checkpoint in the workdir, runs jitted steps without host synchronisation except
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -163,6 +165,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         first = next(batches)
         with CompileTimer(workdir, "the train step"):
             train_step = train_step.lower(state, first).compile()
+        _all_compiled("train_step")
         progress = Progress("train", t.num_steps, start=step)
         last_time, last_step = time.perf_counter(), step
         while step < t.num_steps:
@@ -226,6 +229,20 @@ def _outputs(workdir: str, checkpoints: str, step: int, samples: bool) -> dict[s
     if samples:
         out["samples"] = os.path.join(os.path.abspath(workdir), "samples")
     return out
+
+
+_BARRIERS = itertools.count()
+
+
+def _all_compiled(name: str, timeout_s: int = 3600) -> None:
+    """Several processes: wait, through the coordination service, until every process has
+    compiled ``name``. Compile times differ between hosts (one finds the persistent cache,
+    another does not), and the first step's collectives would otherwise wait on a slow peer:
+    gloo, JAX's CPU collectives, gives up after 30 s (4 processes on 2 loaded cores)."""
+    if jax.process_count() > 1:
+        sync = ocp.multihost.get_barrier_sync_fn()
+        # A barrier's key may be used once: count the calls (the same on every process).
+        sync(key=f"nfdm_compiled_{name}_{next(_BARRIERS)}", timeout_ms=timeout_s * 1000)
 
 
 def from_latest(config: ml_collections.ConfigDict, workdir: str, purpose: str,

@@ -4,8 +4,8 @@ Launch::
 
     python -m experiments.run --config=experiments/toy2d_ot.py --workdir=/tmp/nfdm_ot_toy2d
 
-NFDM's NELBO (learned g) plus λ E‖d²z/dt²‖², the curvature of its probability-flow ODE at
-z_t ~ q(z_t | x) (SPEC §1.4, ``losses.nfdm_ot_terms``), with λ = ``model.curvature_weight`` =
+NFDM's NELBO (learned g) plus λ E‖σ_t d²z/dt²‖², the curvature of its probability-flow ODE
+at z_t ~ q(z_t | x) in units of the noise (SPEC §1.4, ``losses.nfdm_ot_terms``), λ = ``model.curvature_weight`` =
 0.1, on the neural process whose untrained form is the straight path (the ``ot`` variant of
 ``experiments/common.py``). Samples by Euler with 4 steps (``sample.steps``).
 Meant for: one CPU; 18 000 steps, 3× the NFDM default, because the penalty slows the fit of

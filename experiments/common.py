@@ -44,7 +44,7 @@ def base_config() -> ConfigDict:
     m.fourier_exponents = ()
     m.gamma_min = -13.3            # VP models' linear log-SNR schedule (vdm_learned learns its own)
     m.gamma_max = 5.0
-    m.curvature_weight = 0.0       # NFDM-OT λ: the NELBO + λ E‖d²z/dt²‖² of the ODE
+    m.curvature_weight = 0.0       # NFDM-OT λ: the NELBO + λ E‖σ_t d²z/dt²‖² of the ODE
     m.obstacle_weight = 0.0        # NFBM obstacle λ_obs
     m.obstacle_centre = (0.0, 0.0)
     m.obstacle_radius = 1.0

@@ -20,6 +20,8 @@ JSON line per model is appended to ``--out``/runs.jsonl, with the command that p
 ``--digits=LABEL:VARIANT:WORKDIR,...`` instead draws the figure of digit samples against NFE
 (``--out``/digits_samples_vs_nfe.png): one row block per trained ``experiments/digits.py``
 workdir, the same prior draws at each NFE of ``--digits_nfes`` by Euler on the uniform grid.
+``--digits_profile=VARIANT:WORKDIR,...`` prints, per fixed t, the test split's L_diff
+integrand, E‖a‖² and E‖σ_t a‖² of the ODE's acceleration a, and E‖x̂ − x‖² (one ε draw).
 """
 from __future__ import annotations
 
@@ -106,6 +108,46 @@ def curvature_profile(t: fr.Trained, x: np.ndarray, ts: np.ndarray) -> list[floa
         return jnp.mean(jnp.sum(jnp.square(losses.ode_acceleration(fwd, pred, z, tb)), -1))
 
     return [float(at(jnp.asarray(v))) for v in ts]
+
+
+PROFILE_TS = (0.002, 0.01, 0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95, 0.99)
+
+
+def digits_profile(variant: str, workdir: str) -> list[dict[str, float]]:
+    """Per t of :data:`PROFILE_TS`, means over the digits test split at z_t ~ q(z_t | x):
+    ``diff`` (nats per image per unit t), ``accel2`` E‖a‖², ``scaled2`` E‖σ_t a‖² (the
+    penalty per unit λ), ``x_err`` E‖x̂ − x‖² and ``sigma``."""
+
+    def profile(exp: Any, params: Any, step: int) -> list[dict[str, float]]:
+        source = exp.data.eval["x"]
+        x = exp.model.preprocess(jnp.asarray(source.take(np.arange(len(source)))["x"]),
+                                 jax.random.key(0))
+        m = exp.model
+        fwd, pred, vol = m.forward_fn(params), m.predictor_fn(params), m.volatility_fn(params)
+        eps = jax.random.normal(jax.random.key(3), x.shape)
+        axes = tuple(range(1, x.ndim))
+
+        @jax.jit
+        def at(t: jax.Array) -> dict[str, jax.Array]:
+            tb = jnp.full((x.shape[0],), t)
+            mu, log_sigma = fwd(x, tb)
+            sigma = jnp.exp(log_sigma) * jnp.ones_like(x)
+            z = mu + sigma * eps
+            a = losses.ode_acceleration(fwd, pred, z, tb)
+            return {"diff": jnp.mean(losses.diffusion_loss(fwd, pred, vol, x, tb, eps)),
+                    "accel2": jnp.mean(jnp.sum(a ** 2, axes)),
+                    "scaled2": jnp.mean(jnp.sum((sigma * a) ** 2, axes)),
+                    "x_err": jnp.mean(jnp.sum((pred(z, tb) - x) ** 2, axes)),
+                    "sigma": jnp.mean(sigma)}
+
+        return [{"t": t} | {k: float(v) for k, v in at(jnp.asarray(t)).items()}
+                for t in PROFILE_TS]
+
+    config = digits.get_config(variant)
+    with open(os.path.join(workdir, "config.json")) as f:  # λ does not enter the profile
+        with config.unlocked():
+            config.model.curvature_weight = json.load(f)["model"]["curvature_weight"]
+    return loop.from_latest(config, workdir, "profile", profile)
 
 
 def digits_figure(entries: str, nfes: list[int], path: str, num: int = 8) -> None:
@@ -195,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default="", help="label of this run in runs.jsonl")
     parser.add_argument("--digits", default="", help="LABEL:VARIANT:WORKDIR,... (figure)")
     parser.add_argument("--digits_nfes", default="1,2,4,8,16,64")
+    parser.add_argument("--digits_profile", default="", help="VARIANT:WORKDIR,... (per-t)")
     parser.add_argument("--render", action="store_true",
                         help="only write --out/results.md from --out/runs.jsonl")
     args = parser.parse_args(argv)
@@ -208,6 +251,13 @@ def main(argv: list[str] | None = None) -> None:
         os.makedirs(args.out, exist_ok=True)
         return digits_figure(args.digits, [int(n) for n in args.digits_nfes.split(",")],
                              os.path.join(args.out, "digits_samples_vs_nfe.png"))
+    if args.digits_profile:
+        for entry in args.digits_profile.split(","):
+            variant, workdir = entry.split(":", 1)
+            print(f"{variant or 'nfdm'} {workdir}")
+            for r in digits_profile(variant, workdir):
+                print("  " + "  ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
+        return None
     edits = parse_edits(args.edit)
     s = dataclasses.replace(fr.Settings(), steps=args.steps, seeds=args.seeds,
                             chunk=min(500, args.steps))

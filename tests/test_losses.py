@@ -161,6 +161,11 @@ def _trajectory_acceleration(drift, z, t, h=1e-4, n=10):
     return (drift(ahead, t + h) - drift(behind, t - h)) / (2 * h)
 
 
+def _sigma(fwd, x, t):
+    """σ(x, t) of a forward process, ``[B, *D]``."""
+    return jnp.exp(fwd(x, t)[1]) * jnp.ones_like(x)
+
+
 def _conditional_path_acceleration(fwd, drift, x, eps, t, h=1e-4):
     """The old, wrong penalty (issue 21): d/dt f̂(F(ε, t, x), t) along the forward path."""
     def along(tt):
@@ -187,9 +192,9 @@ def test_curvature_is_the_generative_odes_acceleration_gaussian_closed_form(x64,
     # the linear log-SNR schedule moves fastest; the old form is off by more than 5 %.
     np.testing.assert_allclose(losses.ode_acceleration(fwd, pred, z, t), expected,
                                rtol=1e-4, atol=1e-5)
-    lam = 0.3
+    lam, sigma = 0.3, _sigma(fwd, x, t)
     np.testing.assert_allclose(_ot(fwd, pred, x, t, eps, lam).curvature,
-                               lam * jnp.sum(expected ** 2, axis=-1), rtol=1e-4)
+                               lam * jnp.sum((sigma * expected) ** 2, axis=-1), rtol=1e-4)
     # The old form agrees only where x̂(z_t) ≈ x (small t) and is 10–30 % off at larger t.
     old = _conditional_path_acceleration(fwd, drift, x, eps, t)
     assert not np.allclose(old, expected, rtol=1e-4, atol=1e-5)
@@ -208,12 +213,36 @@ def test_curvature_is_the_generative_odes_acceleration_neural_process(x64, core_
     drift = drifts.generative_drift(fwd, pred, volatility.zero())
     z = losses.sample_z(forward.marginal_and_velocity(fwd, x, t), eps)
     expected = _trajectory_acceleration(drift, z, t)
-    lam = 0.3
+    lam, sigma = 0.3, _sigma(fwd, x, t)
     terms = _ot(fwd, pred, x, t, eps, lam)
-    np.testing.assert_allclose(terms.curvature, lam * jnp.sum(expected ** 2, axis=-1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(terms.curvature,
+                               lam * jnp.sum((sigma * expected) ** 2, axis=-1), rtol=1e-6)
     old = _conditional_path_acceleration(fwd, drift, x, eps, t)
-    assert not np.allclose(lam * jnp.sum(old ** 2, axis=-1), terms.curvature, rtol=1e-2)
+    assert not np.allclose(lam * jnp.sum((sigma * old) ** 2, axis=-1), terms.curvature,
+                           rtol=1e-2)
+
+
+def test_weighted_penalty_is_the_change_of_x_hat_along_the_straight_paths_ode(x64, core_nets):
+    """On the straight path (μ = (1 − t) x, σ = t + (1 − t) δ) the ODE's acceleration is
+    −(d x̂ / dt) / σ along its solutions, whatever the predictor: the penalty λ‖σ a‖² is
+    λ‖d x̂ / dt‖², by finite differences of x̂ along finely integrated trajectories."""
+    params = core_nets.init_all(jax.random.PRNGKey(0), 2)
+    fwd = forward.straight_forward(0.01)
+    pred = drifts.preconditioned(core_nets.predictor_net(params["predictor"]), 0.01)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 2), jnp.float64)
+    eps = jax.random.normal(jax.random.PRNGKey(2), (4, 2), jnp.float64)
+    t, h = jnp.array([0.05, 0.3, 0.6, 0.9]), 1e-4
+    drift = drifts.generative_drift(fwd, pred, volatility.zero())
+    z = losses.sample_z(forward.marginal_and_velocity(fwd, x, t), eps)
+    ahead, behind = _rk4(drift, z, t, h, 10), _rk4(drift, z, t, -h, 10)
+    dx_hat = (pred(ahead, t + h) - pred(behind, t - h)) / (2 * h)
+    scaled = _sigma(fwd, x, t) * losses.ode_acceleration(fwd, pred, z, t)
+    np.testing.assert_allclose(scaled, -dx_hat, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(_ot(fwd, pred, x, t, eps, 0.3).curvature,
+                               0.3 * jnp.sum(dx_hat ** 2, axis=-1), rtol=1e-5)
+    # Unweighted, the same predictor's penalty grows as 1/σ² towards t = 0.
+    unweighted = jnp.sum(losses.ode_acceleration(fwd, pred, z, t) ** 2, axis=-1)
+    assert float(unweighted[0] / jnp.sum(dx_hat[0] ** 2)) > 100
 
 
 def test_ot_terms_are_the_nelbo_plus_the_penalty_with_the_velocity_read_off(x64, core_nets):
@@ -232,7 +261,10 @@ def test_ot_terms_are_the_nelbo_plus_the_penalty_with_the_velocity_read_off(x64,
     def recomputed(p):
         fwd, pred = fns(p)
         z = losses.sample_z(forward.marginal_and_velocity(fwd, x, t), eps)
-        return lam * jnp.sum(jnp.square(losses.ode_acceleration(fwd, pred, z, t)), axis=-1)
+        # σ is a weight, not a path to a lower penalty: no gradient through it.
+        sigma = jax.lax.stop_gradient(_sigma(fwd, x, t))
+        return lam * jnp.sum(jnp.square(sigma * losses.ode_acceleration(fwd, pred, z, t)),
+                             axis=-1)
 
     ot = _ot(*fns(params), x, t, eps, lam)
     nelbo = losses.nelbo_terms(*fns(params), volatility.delta_matched(0.01), x, t, eps,

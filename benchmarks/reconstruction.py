@@ -41,7 +41,8 @@ def main(_) -> None:
     }
     for name, pixels in data.items():
         for delta in (0.01, 3e-3, 1e-3):
-            print(f"{name:30s} δ={delta:<6g} L_rec = {reconstruction_bpd(pixels, delta, key):.4f} bits/dim")
+            print(f"{name:30s} δ={delta:<6g} "
+                  f"L_rec = {reconstruction_bpd(pixels, delta, key):.4f} bits/dim")
 
 
 if __name__ == "__main__":

@@ -60,9 +60,11 @@ that variant's knob was removed; it is what ``:learned_sigma`` trains now (repor
 "What was tried and removed").
 ``:flow_matching`` (dequantized convention, not comparable) 5.2 ± 0.5 at 2000 steps.
 ``:ot`` (NFDM-OT, issue #21, λ = 0.01) at 2000 steps, seeds 0 and 1: test BPD 2.84 ± 0.27,
-Euler Fréchet 118 / 70 at NFE 2 / 4 (flow matching 100 / 56, VDM 253 / 45; floor 11–13): a
-working few-step sampler, not yet the best one here (reports/few_step). Expected: test BPD
-≈ 2.0 at step 2000.
+Euler Fréchet 118 / 70 at NFE 2 / 4 (flow matching 100 / 56, VDM 67 on ρ = 0.5 / 45; floor
+11–13). On the digits the penalty does not pay at any λ tried: the best few-step model is the
+same straight base without it (``:ot --config.model.curvature_weight=0``): 79 / 42 at 2000
+steps, 63 / 32 / 20 at NFE 2 / 4 / 8 at 6000 (test BPD 2.06; reports/few_step).
+Expected: test BPD ≈ 2.0 at step 2000.
 """
 from experiments import common
 from nfdm_jax import data

@@ -119,9 +119,7 @@ def digits_profile(variant: str, workdir: str) -> list[dict[str, float]]:
     penalty per unit λ), ``x_err`` E‖x̂ − x‖² and ``sigma``."""
 
     def profile(exp: Any, params: Any, step: int) -> list[dict[str, float]]:
-        source = exp.data.eval["x"]
-        x = exp.model.preprocess(jnp.asarray(source.take(np.arange(len(source)))["x"]),
-                                 jax.random.key(0))
+        x = lib.eval_split(exp.model, exp.data.eval["x"])
         m = exp.model
         fwd, pred, vol = m.forward_fn(params), m.predictor_fn(params), m.volatility_fn(params)
         eps = jax.random.normal(jax.random.key(3), x.shape)

@@ -3,7 +3,8 @@
 Run::
 
     python -m experiments.fidelity_report --out=reports/fidelity \\
-        [--sections=likelihood,nfe,ablation,digits,conditioning] [--steps=3000] [--seeds=3] [--quick]
+        [--sections=likelihood,nfe,ablation,digits,conditioning] \\
+        [--steps=3000] [--seeds=3] [--quick]
 
 Writes ``results.json`` (after every section, so a partial run keeps what it measured),
 ``results.md`` and figures into ``--out``.
@@ -304,7 +305,8 @@ def likelihood_section(s: Settings, key: jax.Array, models: dict[str, tuple[Any,
 
 def nfe_section(s: Settings, key: jax.Array, ring: dict[str, Trained]) -> dict[str, Any]:
     pool = lib.sample_density("eight_gaussians", np.random.default_rng(100), POOL_SIZE)
-    ots = {ot_name(lam): Trained(make_config(toy2d_ot, "", {"model.curvature_weight": lam}, s, pool),
+    ots = {ot_name(lam): Trained(make_config(toy2d_ot, "", {"model.curvature_weight": lam},
+                                             s, pool),
                                  pool, s, jax.random.fold_in(key, 1))
            for lam in s.curvature_weights}
     models = {**ots, **{k: ring[k] for k in ("vp", "flow_matching", "nfdm") if k in ring}}
@@ -343,9 +345,7 @@ def digits_profile(config: ml_collections.ConfigDict, workdir: str, ts: np.ndarr
     from nfdm_jax.train import loop
 
     def profile(exp: Any, params: Any, step: int) -> list[float]:
-        source = exp.data.eval["x"]
-        x = exp.model.preprocess(jnp.asarray(source.take(np.arange(len(source)))["x"]),
-                                 jax.random.key(0))
+        x = lib.eval_split(exp.model, exp.data.eval["x"])
         # The same ε draws at every t.
         keys = [jax.random.key(i) for i in range(num_eps)]
         return diff_profile(exp.model, params, x, ts, [keys] * len(ts)).tolist()
@@ -427,6 +427,7 @@ def conditioning_section(s: Settings, workroot: str) -> dict[str, Any]:
 
     ts = np.array([0.1, 0.3, 0.5, 0.7, 0.8, 0.9])
     out: dict[str, Any] = {}
+
     def not_edm(c: ml_collections.ConfigDict) -> Optional[str]:
         return None if c.model.parameterization == "edm" else "not an edm predictor"
 
@@ -527,7 +528,7 @@ def _ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
     """Models in ``MODELS_2D``'s order (whichever invocation trained them), then the rest."""
     order = list(MODELS_2D)
     return sorted(models.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
-                                                   else len(order), kv[0]))
+                                                  else len(order), kv[0]))
 
 
 def markdown(res: dict[str, Any]) -> str:

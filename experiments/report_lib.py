@@ -101,6 +101,13 @@ def pool_sampler(pools: dict[str, np.ndarray], batch_size: int) -> BatchSampler:
 MeanSE = evaluation.MeanSE
 
 
+def eval_split(model: Model, source: ArraySource) -> Array:
+    """The whole eval split ``source`` in ``model``'s convention ``[N, *D]`` (bin centres for
+    discrete data; a fixed key for the dequantized ones), for per-t profiles."""
+    return model.preprocess(jnp.asarray(source.take(np.arange(len(source)))["x"]),
+                            jax.random.key(0))
+
+
 def nelbo_per_example(model: Model, params: Params, x: np.ndarray, key: Array,
                       num_t_samples: int, chunk: int = 256) -> dict[str, np.ndarray]:
     """Every per-example NELBO term ``[N]`` in nats, averaged over ``num_t_samples`` draws

@@ -17,7 +17,8 @@ def get_config(arg: str = "") -> common.ConfigDict:
     c = common.base_config()
     toy_defaults(c)
     c.model.name, c.model.volatility_base = "nfbm", "delta_matched"
-    c.model.obstacle_weight, c.model.obstacle_centre, c.model.obstacle_radius = 10.0, (0.0, 0.0), 1.0
+    c.model.obstacle_weight, c.model.obstacle_centre, c.model.obstacle_radius = (
+        10.0, (0.0, 0.0), 1.0)
     c.data.target, c.data.target_offset = "checkerboard", (4.5, 0.0)
     c.data.source, c.data.source_offset = "two_moons", (-4.5, 0.0)
     measure_data_stats(c)

@@ -232,7 +232,8 @@ def test_edm_predictor_is_gaussian_posterior_mean_and_target_has_unit_variance(t
 
     x_hat = drifts.edm_preconditioned(zero_net, base, mean, std)(z, t)
     a, s = 1.0 - t_value, delta ** (1.0 - t_value)
-    posterior = mean[None] + a * std[None] ** 2 * (z - a * mean[None]) / (a ** 2 * std[None] ** 2 + s ** 2)
+    posterior = mean[None] + a * std[None] ** 2 * (z - a * mean[None]) / (
+        a ** 2 * std[None] ** 2 + s ** 2)
     np.testing.assert_allclose(x_hat, posterior, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(jnp.var(inputs[0], axis=0), 1.0, rtol=2e-2)
     c = drifts.edm_scalings(base, z[:1], t[:1], mean, std)
@@ -264,7 +265,8 @@ def test_fourier_features_put_every_grey_level_at_one_phase():
     np.testing.assert_allclose(f[:, 0], jnp.sin(16 * jnp.pi * x[:, 0]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(f[:, 2], jnp.cos(16 * jnp.pi * x[:, 0]), rtol=1e-5, atol=1e-6)
     # One bin off the lattice at most: phase within 2π / 16 of the first level's.
-    phase = np.angle(np.exp(1j * 16 * np.pi * np.asarray(x[:, 0])) * np.exp(-1j * 16 * np.pi * x[0, 0]))
+    phase = np.angle(np.exp(1j * 16 * np.pi * np.asarray(x[:, 0]))
+                     * np.exp(-1j * 16 * np.pi * x[0, 0]))
     assert np.max(np.abs(phase)) <= 2 * np.pi / 16 + 1e-6
     halfway = x[:-1] + 1 / 16   # between levels: the opposite phase
     assert float(jnp.max(drifts.fourier_features(halfway, (4,))[:, 1] - f[:-1, 2])) < -1.5

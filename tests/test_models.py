@@ -69,7 +69,8 @@ def test_model_loss_and_accessors(name):
 
 def test_forward_sigma_base_learns_only_the_mean():
     x, t = jax.random.normal(jax.random.key(0), (8, 2)), jnp.full((8,), 0.4)
-    learned, base = (Model(config_for({"model.forward_sigma": v}), (2,)) for v in ("learned", "base"))
+    learned, base = (Model(config_for({"model.forward_sigma": v}), (2,))
+                     for v in ("learned", "base"))
     params = learned.init(jax.random.key(1), {"x": x})
     # Off the zero-initialised output layer, so that the network moves both μ and σ.
     leaves, tree = jax.tree.flatten(params["forward"])

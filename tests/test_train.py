@@ -147,10 +147,13 @@ def test_nan_guard_names_step_and_checkpoint(tmp_path, toy_config):
         loop.train(config, str(tmp_path), jax.devices()[:1])
 
 
-def test_eval_and_sample_modes(three_steps, tmp_path, toy_config):
+def test_eval_and_sample_modes(three_steps, tmp_path, toy_config, monkeypatch):
     config = toy_config(**{"train.num_steps": 3})
     workdir = copy_of(three_steps, tmp_path)
+    barriers = []  # each compiled program is followed by the hosts' barrier, once
+    monkeypatch.setattr(loop, "_all_compiled", barriers.append)
     metrics = loop.run_eval(config, workdir)
+    assert barriers == ["eval"]
     assert np.isfinite(metrics["bpd"]) and set(metrics) >= {"diff", "rec", "prior", "total"}
     assert metrics["bpd_stderr"] > 0 and metrics["total_stderr"] > 0
     with open(os.path.join(workdir, "eval", "3.json")) as f:
@@ -158,6 +161,7 @@ def test_eval_and_sample_modes(three_steps, tmp_path, toy_config):
     assert record["count"] == config.data.eval_size and record["checkpoint_step"] == 3
     assert record["terms"]["bpd"]["mean"] == pytest.approx(metrics["bpd"])
     samples = np.load(loop.run_sample(config, workdir))["samples"]
+    assert barriers == ["eval", "sample"]
     assert samples.shape == (config.sample.num, 2) and np.all(np.isfinite(samples))
 
 

@@ -139,7 +139,7 @@ class BatchIterator:
         n = len(list(self.sources.values())[field_index])
         stream = index_stream(n, self.seed, field_index)
         return np.array([stream[i] for i in range(step * self.global_batch,
-                                                   (step + 1) * self.global_batch)])
+                                                  (step + 1) * self.global_batch)])
 
     def local_indices(self, field_index: int, step: int) -> np.ndarray:
         """Positions in the field's source of this process's rows of ``step``."""

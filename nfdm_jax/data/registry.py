@@ -54,7 +54,8 @@ def _afhq64(data: ml_collections.ConfigDict, seed: int) -> DatasetSpec:
     def folder(split: str, animal: str) -> Source:
         return sources.image_folder(os.path.join(root, split, animal), 64)
 
-    return DatasetSpec(train={"x": folder("train", data.target), "x1": folder("train", data.source)},
+    return DatasetSpec(train={"x": folder("train", data.target),
+                              "x1": folder("train", data.source)},
                        eval={"x": folder("val", data.target), "x1": folder("val", data.source)},
                        shape=(64, 64, 3))
 

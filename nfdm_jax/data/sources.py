@@ -32,7 +32,8 @@ class ArraySource:
     def __init__(self, arrays: Mapping[str, np.ndarray]):
         lengths = {len(v) for v in arrays.values()}
         if len(lengths) != 1:
-            raise ValueError(f"fields have different lengths: { {k: len(v) for k, v in arrays.items()} }")
+            raise ValueError("fields have different lengths: "
+                             f"{ {k: len(v) for k, v in arrays.items()} }")
         self.arrays = dict(arrays)
         self._len = lengths.pop()
 
@@ -62,7 +63,8 @@ class TfdsSource:
             # download=False: a missing dataset must fail here, never start a download.
             self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
             size = len(self._ds)
-        except Exception as e:  # tfds raises several types (NotImplementedError, AssertionError...).
+        except Exception as e:
+            # tfds raises several types (NotImplementedError, AssertionError...).
             raise DatasetNotFoundError(_tfds_help(name, split, data_dir, e)) from e
         if size == 0:
             raise DatasetNotFoundError(_tfds_help(name, split, data_dir, "the split is empty"))
@@ -74,7 +76,8 @@ class TfdsSource:
     def __getitem__(self, index: int) -> Example:
         image = np.asarray(self._ds[int(index)]["image"], np.uint8)
         if image.shape != self.image_shape:
-            raise ValueError(f"example {index} has shape {image.shape}, expected {self.image_shape}")
+            raise ValueError(f"example {index} has shape {image.shape}, "
+                             f"expected {self.image_shape}")
         return {"x": image}
 
 

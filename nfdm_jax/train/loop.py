@@ -71,9 +71,17 @@ def evaluate(exp: Experiment, params: Any) -> evaluation.Evaluation:
     batches = eval_batches(exp.data.eval, exp.eval_batch_size, exp.mesh)
     total = math.ceil(len(next(iter(exp.data.eval.values()))) / exp.eval_batch_size)
     progress = Progress("eval", total, unit="batches")
+
+    def dispatched(index: int) -> None:
+        # The first dispatch compiled the evaluation: hosts wait for each other before the
+        # first batch's collectives run (see _all_compiled).
+        if index == 1:
+            _all_compiled("eval")
+        progress.update(index)
+
     return evaluation.evaluate(exp.model.per_example, params, batches, exp.key(EVAL),
                                num_t_samples=exp.config.train.eval_t_samples,
-                               progress=progress.update)
+                               progress=dispatched)
 
 
 def eval_metrics(exp: Experiment, params: Any) -> dict[str, float]:
@@ -92,7 +100,10 @@ def sample(exp: Experiment, params: Any, workdir: str, step: int) -> str:
     draw = jax.jit(lambda p, k, c: generate.generate(exp.model, p, k, s.num, s.method, s.steps, c,
                                                      s.rho))
     info("sampling %d with %s, %d steps…", s.num, s.method, s.steps)
-    z = draw(params, exp.key(SAMPLE), x1)
+    key = exp.key(SAMPLE)
+    draw = draw.lower(params, key, x1).compile()
+    _all_compiled("sample")
+    z = draw(params, key, x1)
     images = len(exp.model.shape) == 3
     out = multihost_utils.process_allgather(decoders.to_pixels(z) if images else z, tiled=True)
     path = os.path.join(workdir, "samples", f"{step}.npz")

@@ -141,11 +141,17 @@ def digits_profile(variant: str, workdir: str) -> list[dict[str, float]]:
         return [{"t": t} | {k: float(v) for k, v in at(jnp.asarray(t)).items()}
                 for t in PROFILE_TS]
 
+    return loop.from_latest(_digits_config(variant, workdir), workdir, "profile", profile)
+
+
+def _digits_config(variant: str, workdir: str) -> Any:
+    """``digits.py:variant`` with the workdir's stored λ, which a variant does not name and
+    which neither a profile nor sampling depends on."""
     config = digits.get_config(variant)
-    with open(os.path.join(workdir, "config.json")) as f:  # λ does not enter the profile
+    with open(os.path.join(workdir, "config.json")) as f:
         with config.unlocked():
             config.model.curvature_weight = json.load(f)["model"]["curvature_weight"]
-    return loop.from_latest(config, workdir, "profile", profile)
+    return config
 
 
 def digits_figure(entries: str, nfes: list[int], path: str, num: int = 8) -> None:
@@ -154,7 +160,7 @@ def digits_figure(entries: str, nfes: list[int], path: str, num: int = 8) -> Non
     labels, panels = [], []
     for entry in entries.split(","):
         label, variant, workdir = entry.split(":", 2)
-        config = digits.get_config(variant)
+        config = _digits_config(variant, workdir)
         with config.unlocked():
             config.sample.method, config.sample.rho = "euler", 1.0
         key = jax.random.key(5)

@@ -144,7 +144,7 @@ def digits_profile(variant: str, workdir: str) -> list[dict[str, float]]:
     return loop.from_latest(_digits_config(variant, workdir), workdir, "profile", profile)
 
 
-def _digits_config(variant: str, workdir: str) -> Any:
+def _digits_config(variant: str, workdir: str) -> digits.common.ConfigDict:
     """``digits.py:variant`` with the workdir's stored λ, which a variant does not name and
     which neither a profile nor sampling depends on."""
     config = digits.get_config(variant)

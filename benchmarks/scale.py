@@ -273,7 +273,7 @@ def measure(case: Case, hlo_dir: Optional[str] = None) -> dict[str, Any]:
         **dataclasses.asdict(case), "chip": chip.name, "chips": data * model,
         "data": data, "model_axis": model, "batch": config.train.batch_size,
         "batch_per_chip": config.train.batch_size // data, "num_steps": config.train.num_steps,
-        "dtype": config.net.dtype, "hbm": chip.hbm_gib,
+        "dtype": config.net.dtype, "conv": s.config.net.conv, "hbm": chip.hbm_gib,
         "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(state.params))),
         "params_gib": shard_gib(state.params, s.state_shardings.params),
         "ema_gib": shard_gib(state.ema_params, s.state_shardings.ema_params),

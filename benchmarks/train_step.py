@@ -56,6 +56,7 @@ from ml_collections import config_flags
 
 from nfdm_jax.data.registry import example_shape
 from nfdm_jax.models import Model
+from nfdm_jax.nets import layers
 from nfdm_jax.train import runtime, sharding, step as steps, validation
 
 
@@ -66,6 +67,18 @@ def as_vdm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The same config as a VDM: fixed linear γ, VP-matching g, ε-parameterised U-Net."""
     c = config.copy_and_resolve_references()
     c.model.name, c.model.volatility, c.model.parameterization = "vdm", "vp_matching", "eps"
+    return c
+
+
+def for_platform(config: ml_collections.ConfigDict, platform: str) -> ml_collections.ConfigDict:
+    """``config`` with ``net.conv`` resolved for the devices that will run it. Layers resolve
+    "auto" from the default backend while tracing, which on a CPU host compiling for a TPU
+    slice is the CPU's: im2col matmuls whose k²-fold patch buffers the TPU never holds."""
+    conv = layers.resolve_conv(config.net.conv, platform)
+    if conv == config.net.conv:
+        return config
+    c = config.copy_and_resolve_references()
+    c.net.conv = conv
     return c
 
 
@@ -101,6 +114,7 @@ class Step:
     mesh over ``devices`` (default: all of this process's backend)."""
 
     def __init__(self, config: ml_collections.ConfigDict, devices: Optional[list[Any]] = None):
+        config = for_platform(config, (devices or jax.devices())[0].platform)
         t = config.train
         self.config = config
         self.shape = example_shape(config.data)

@@ -5,7 +5,8 @@ import jax
 import pytest
 
 from benchmarks import train_step
-from experiments import toy2d
+from experiments import cifar10, toy2d
+from nfdm_jax.nets import layers
 
 
 def test_flop_count_and_ratio_table_without_compiling():
@@ -40,3 +41,18 @@ def test_step_on_given_devices_and_a_clear_error_without_libtpu():
     if importlib.util.find_spec("libtpu") is None:
         with pytest.raises(RuntimeError, match="libtpu"):
             train_step.aot_devices("v5p:1x1x1")
+
+
+def test_conv_auto_resolves_for_the_platform_compiled_for():
+    """A TPU step compiled on a CPU host keeps XLA's convolutions: left at "auto", the layers
+    would read the host's backend while tracing and build im2col matmuls, whose k²-fold
+    patch buffers multiplied the compiled temporaries."""
+    config = cifar10.get_config("tiny")
+    assert config.net.conv == "auto"
+    assert train_step.for_platform(config, "tpu").net.conv == "xla"
+    assert train_step.for_platform(config, "cpu").net.conv == "matmul"
+    assert config.net.conv == "auto"  # a copy, not the caller's config
+    config.net.conv = "matmul"
+    assert train_step.for_platform(config, "tpu").net.conv == "matmul"  # explicit: kept
+    with pytest.raises(ValueError, match="choose from"):
+        layers.resolve_conv("fft", "tpu")

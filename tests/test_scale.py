@@ -121,8 +121,10 @@ def test_zero_state_is_sharded_over_data_and_parameters_are_not(toy_config):
 @pytest.mark.slow  # one TPU compile of the tiny U-Net: 2-8 min on 2 shared cores
 def test_tiny_row_on_a_v5p_slice():
     """XLA:TPU's data-parallel step: one all-reduce of the gradients (the parameters' bytes,
-    within 1 %: the metrics are scalars), memory and a roofline time."""
+    within 1 %: the metrics are scalars), memory and a roofline time; traced with XLA
+    convolutions, not the CPU host's im2col matmuls (``train_step.for_platform``)."""
     row = scale.measure(scale.Case("imagenet64", "nfdm", "v5p:2x2x1", "1", variant="tiny"))
+    assert row["conv"] == "xla"
     assert row["chips"] == 4 and row["batch_per_chip"] == 2 and row["fits"]
     assert row["total"] > row["temp"] > 0
     (reduce,) = row["collectives"]

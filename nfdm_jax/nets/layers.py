@@ -69,14 +69,21 @@ ConvImpl = Literal["auto", "xla", "matmul"]
 CONV_IMPLS = ("auto", "xla", "matmul")
 
 
-def conv_as_matmul(impl: ConvImpl) -> bool:
-    """Whether :class:`Conv` runs as one matmul over patches. ``"auto"``: on CPU, where
-    XLA's small convolutions, and above all their gradients, run ~20x slower than the same
-    FLOPs as a matmul (digits step: 90 % of its time in 341 convolutions); GPUs and TPUs
-    keep XLA's convolutions, which need no k²-fold patch buffers."""
+def resolve_conv(impl: ConvImpl, platform: str) -> ConvImpl:
+    """The implementation ``impl`` means on ``platform`` ("cpu", "gpu", "tpu"): "auto" is
+    "matmul" on CPU, where XLA's small convolutions, and above all their gradients, run ~20x
+    slower than the same FLOPs as a matmul (digits step: 90 % of its time in 341
+    convolutions), and "xla" on GPUs and TPUs, which need no k²-fold patch buffers."""
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv implementation {impl!r}; choose from {CONV_IMPLS}")
-    return impl == "matmul" or (impl == "auto" and jax.default_backend() == "cpu")
+    return ("matmul" if platform == "cpu" else "xla") if impl == "auto" else impl
+
+
+def conv_as_matmul(impl: ConvImpl) -> bool:
+    """Whether :class:`Conv` runs as one matmul over patches: :func:`resolve_conv` on the
+    default backend. A program compiled for other devices (a TPU slice from a CPU host)
+    resolves "auto" for them first (``benchmarks.train_step.Step``)."""
+    return resolve_conv(impl, jax.default_backend()) == "matmul"
 
 
 class Conv(nn.Module):

@@ -25,8 +25,8 @@ def get_config(arg: str = "") -> common.ConfigDict:
     c.model.data_mean = (-0.0295, -0.0873, -0.1928)
     c.model.data_std = (0.4562, 0.4463, 0.4482)
     c.net.preset = "imagenet64"
-    # Without block remat the NFDM step needs 263.6 GiB of temporaries at 128 images per v5p
-    # chip (benchmarks/scale.py); see "Planning a run on a pod slice" in README.md.
+    # Block remat: per-chip memory on TPU slices under "Planning a run on a pod slice" in
+    # README.md (benchmarks/scale.py).
     c.net.remat = True
     c.data.name = "imagenet64"
     c.optim.lr, c.optim.schedule, c.optim.warmup_steps = 1e-4, "constant", 0

@@ -247,6 +247,26 @@ def test_digits_classifier_is_accurate_and_cached(digits_classifier):
                                   cf.features(classifier.params, arrays[2][:5]))
 
 
+def test_classifier_save_is_atomic(digits_classifier, tmp_path, monkeypatch):
+    """A save that fails half-way leaves the earlier file whole (and no temporary)."""
+    from nfdm_jax.metrics import classifier_features as cf
+
+    classifier = digits_classifier[0]
+    target = str(tmp_path / "clf.npz")
+    cf.save(target, classifier)
+
+    def torn(f, **arrays):
+        f.write(b"PK\x03\x04 half an archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", torn)
+    with pytest.raises(OSError, match="disk full"):
+        cf.save(target, classifier)
+    monkeypatch.undo()
+    assert cf.load(target).test_accuracy == classifier.test_accuracy
+    assert os.listdir(tmp_path) == ["clf.npz"]
+
+
 def test_classifier_frechet_orders_real_digits_below_noise(digits_classifier):
     from nfdm_jax.metrics import classifier_features as cf
 

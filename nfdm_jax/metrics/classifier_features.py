@@ -88,8 +88,16 @@ def save(path: str, classifier: Classifier) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     flat = {f"{i}/{k}": np.asarray(v) for i, layer in enumerate(classifier.params)
             for k, v in layer.items()}
-    with open(path, "wb") as f:
-        np.savez(f, test_accuracy=classifier.test_accuracy, **flat)
+    # Written beside and renamed over ``path``: with several processes evaluating at once,
+    # each saves the same classifier, and none may read another's half-written file.
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, test_accuracy=classifier.test_accuracy, **flat)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load(path: str) -> Classifier:

@@ -21,6 +21,8 @@ global batch, compiles it with XLA's TPU compiler for the slice
 * per-chip ``tflop`` and ``gib_accessed`` (``cost_analysis()``);
 * ``collectives``: every collective of the compiled HLO by kind and mesh axis, with its
   result bytes per step and the bytes a chip sends over the interconnect (:func:`ici_bytes`);
+* ``traffic_gib``: the HBM bytes of the compiled program by network and pass
+  (:func:`traffic`), which shows where the bytes accessed go;
 * ``est_step_s``, the roofline max(FLOPs / peak, bytes accessed / HBM bandwidth, ICI bytes /
   ICI bandwidth) at the published peaks of :data:`CHIPS`, which term ``bound`` it, and the
   ``chip_hours`` of the config's ``num_steps`` at that time. **An estimate, not a
@@ -191,6 +193,58 @@ def collectives(hlo: str, mesh_shape: tuple[int, int]) -> list[dict[str, Any]]:
     return sorted(out.values(), key=lambda r: -r["bytes"])
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([\w\-]+)\((.*)$")
+_CONTROL = re.compile(r"(?:body|condition|true_computation|false_computation|"
+                      r"branch_computations|to_apply)=\{?%?([\w.\-]+)")
+# Moves no bytes of its own, or (copy-start) is counted once at its -done.
+_NO_TRAFFIC = ("parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+               "call", "conditional", "after-all", "partition-id", "replica-id", "copy-start")
+
+
+def traffic(hlo: str, networks: Iterable[str] = ("ForwardUNet", "UNet")) -> dict[str, float]:
+    """GiB read and written per step by the instructions of a compiled module's text, by
+    network and pass: ``"<network>/fwd"``, ``"<network>/bwd"`` (the ``op_name`` holds
+    ``transpose(``) and ``"rest"``. Each instruction outside a fusion counts its operands'
+    and result's bytes once (a fusion keeps its body in registers and VMEM); a ``while``
+    body counts once, as in :func:`collectives`. Close to, not equal to, the compiler's
+    ``bytes accessed``: it shows where the HBM traffic goes, e.g. that the forward
+    network's activations cost more bytes per FLOP than the predictor's."""
+    bodies: dict[str, list[str]] = {}
+    lines: list[str] = []
+    entry = ""
+    for line in hlo.splitlines():
+        m = _COMPUTATION.match(line)
+        if m and not line[:1].isspace():  # a computation's header; its instructions indent
+            lines = bodies.setdefault(m.group(1), [])
+            entry = m.group(1) if line.startswith("ENTRY") else entry
+        else:
+            lines.append(line)
+    reached, todo = set(), [entry]
+    while todo:  # the computations that run as programs, not fused kernels
+        name = todo.pop()
+        if name in bodies and name not in reached:
+            reached.add(name)
+            todo += [c for line in bodies[name] for c in _CONTROL.findall(line)
+                     if " call(" in line or "to_apply" not in line]
+    parsed = [m.groups() for name in reached for line in bodies[name]
+              if (m := _INSTRUCTION.match(line))]
+    size = {name: shape_bytes(shape) for name, shape, _, _ in parsed}
+    out: dict[str, float] = {}
+    for name, _, op, rest in parsed:
+        if op in _NO_TRAFFIC:
+            continue
+        operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+        meta = re.search(r'op_name="([^"]*)"', rest)
+        op_name = meta.group(1) if meta else ""
+        net = next((n for n in networks if n + ")" in op_name or n + "." in op_name), None)
+        group = f"{net}/{'bwd' if 'transpose(' in op_name else 'fwd'}" if net else "rest"
+        moved = (2 * size[name] if op == "copy-done"  # its operand is the (to, from, …) tuple
+                 else size[name] + sum(size.get(o, 0) for o in operands))
+        out[group] = out.get(group, 0.0) + moved / GIB
+    return out
+
+
 # ---------------------------------------------------------------- one row
 
 
@@ -307,6 +361,7 @@ def measure(case: Case, hlo_dir: Optional[str] = None) -> dict[str, Any]:
             f.write(hlo)
     row["collectives"] = collectives(hlo, (data, model))
     row["ici_gib"] = sum(c["ici_bytes"] for c in row["collectives"]) / GIB
+    row["traffic_gib"] = traffic(hlo)
     row |= roofline(row["tflop"] * 1e12, row["gib_accessed"] * GIB, row["ici_gib"] * GIB, chip)
     row["chip_hours"] = row["chips"] * row["est_step_s"] * row["num_steps"] / 3600
     return row

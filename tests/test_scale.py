@@ -52,6 +52,37 @@ def test_collectives_of_a_module_text():
     assert (rs["bytes"], rs["ici_bytes"]) == (8, 24.0)                      # (n − 1)·result, n = 4
 
 
+TRAFFIC_HLO = """HloModule m
+%fused_computation.1 (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  ROOT %e = f32[8]{0} exponential(%p)
+}
+%body.2 (t: (f32[8])) -> (f32[8]) {
+  %t = (f32[8]{0}) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%t), index=0
+  %cs = (f32[8]{0}, f32[8]{0}) copy-start(%x)
+  %cd = f32[8]{0} copy-done(%cs)
+  %f = f32[8]{0} fusion(%cd), calls=%fused_computation.1, metadata={op_name="jvp(ForwardUNet)/m"}
+  %g = bf16[8]{0} convert(%f), metadata={op_name="jit(s)/transpose(jvp(UNet))/convert"}
+  ROOT %r = (f32[8]{0}) tuple(%f)
+}
+ENTRY %main.3 (a: f32[8], /*index=1*/b: f32[4]) -> (f32[8]) {
+  %a = f32[8]{0} parameter(0)
+  %b = f32[4]{0} parameter(1)
+  %s = f32[4]{0} add(%b, %b)
+  ROOT %w = (f32[8]{0}) while(%a), condition=%cond.4, body=%body.2
+}"""
+
+
+def test_traffic_counts_program_instructions_by_network_and_pass():
+    """Operands plus result of each instruction outside fusion bodies; the while body once;
+    an asynchronous copy once; the network and pass read from ``op_name``."""
+    assert scale.traffic(TRAFFIC_HLO) == {
+        "rest": (48 + 64) / scale.GIB,               # add: 2 operands + result; a copy
+        "ForwardUNet/fwd": 64 / scale.GIB,           # fusion: its operand and result
+        "UNet/bwd": (32 + 16) / scale.GIB}           # convert f32 → bf16
+
+
 def test_roofline_names_the_slowest_resource():
     chip = scale.CHIPS["v5p"]
     est = scale.roofline(459e12, 2765e9 * 2, 0.0, chip)

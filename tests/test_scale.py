@@ -162,6 +162,7 @@ def test_tiny_row_on_a_v5p_slice():
     assert (reduce["kind"], reduce["axis"]) == ("all-reduce", "data")
     assert row["params"] * 4 <= reduce["bytes"] <= row["params"] * 4 * 1.01
     assert row["est_step_s"] > 0 and row["chip_hours"] > 0
+    assert {"UNet/fwd", "UNet/bwd", "ForwardUNet/fwd", "ForwardUNet/bwd"} <= set(row["traffic_gib"])
 
 
 def test_table_shows_the_memory_ratio_and_rows_that_do_not_fit():
